@@ -1,0 +1,134 @@
+//! The `switchyard` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::compile::ClassConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about = "Kubernetes ingress controller and load balancer")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,switchyard=debug`.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG", default_value = "info")]
+    pub log: String,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve traffic from Ingress/Service/EndpointSlice manifests in a
+    /// directory, watched for changes (no Kubernetes API needed).
+    Standalone(StandaloneArgs),
+    /// Start the proxy with bundled example manifests and built-in echo
+    /// backends on loopback, and print curl commands to try.
+    Demo(DemoArgs),
+    /// Run an HTTP echo backend (used by the demo, tests and benchmarks).
+    Echo(EchoArgs),
+    /// Print the BalancerPolicy CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Flags of the dataplane, shared by every serving mode.
+#[derive(Clone, Debug, Args)]
+pub struct DataplaneArgs {
+    /// Plain-HTTP listener address.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Admin listener (/healthz, /readyz, /metrics, /debug/snapshot).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+    /// Dataplane worker threads (default: number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// TCP connect timeout toward endpoints (502 when exceeded).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time allowed for an upstream's response headers (504 when exceeded).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Time allowed for a client to send a request head.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// On SIGTERM: how long /readyz reports 503 before listeners stop
+    /// accepting (lets load balancers notice).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// On SIGTERM: how long in-flight requests may still run.
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Flags that decide which Ingresses are ours.
+#[derive(Clone, Debug, Args)]
+pub struct ClassArgs {
+    /// IngressClass name served by this controller.
+    #[arg(long, default_value = "switchyard")]
+    pub ingress_class: String,
+    /// `spec.controller` value of IngressClasses owned by this controller.
+    #[arg(long, default_value = "switchyard.dev/ingress-controller")]
+    pub controller_name: String,
+    /// Also serve Ingresses that name no class.
+    #[arg(long)]
+    pub watch_ingress_without_class: bool,
+}
+
+impl ClassArgs {
+    pub fn to_config(&self) -> ClassConfig {
+        ClassConfig {
+            ingress_class: self.ingress_class.clone(),
+            controller_name: self.controller_name.clone(),
+            watch_without_class: self.watch_ingress_without_class,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct StandaloneArgs {
+    /// Directory of *.yaml, *.yml and *.json manifests.
+    #[arg(long)]
+    pub manifests: PathBuf,
+    #[command(flatten)]
+    pub dataplane: DataplaneArgs,
+    #[command(flatten)]
+    pub classes: ClassArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DemoArgs {
+    /// Plain-HTTP listener address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Admin listener address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub addr: SocketAddr,
+    /// Name reported in every answer.
+    #[arg(long, default_value = "echo")]
+    pub name: String,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    switchyard_crds::parse_duration(text)
+}

@@ -1,0 +1,61 @@
+//! What compile says about the objects it rejected in whole or in part.
+//! Each diagnostic becomes a log line (and, in a cluster, a status
+//! condition and an Event): never a silent drop.
+
+use serde::Serialize;
+
+use crate::world::ObjectKey;
+
+/// Why (part of) an object was rejected or degraded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Reason {
+    /// A host that is not a DNS name or a one-label `*.` wildcard.
+    InvalidHost,
+    /// A path that does not start with `/`.
+    InvalidPath,
+    /// Same host, path and type as a route of an older Ingress.
+    RouteConflict,
+    /// A second `defaultBackend` when an older Ingress already has one.
+    DefaultBackendConflict,
+    /// A backend that is not a Service (e.g. `resource`).
+    UnsupportedBackend,
+    /// The backend Service does not exist (requests get 503).
+    ServiceNotFound,
+    /// The backend Service has no such port (requests get 503).
+    ServicePortNotFound,
+    /// A policy field the dataplane does not implement yet.
+    NotImplemented,
+    /// A policy whose target Service does not exist.
+    TargetNotFound,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidHost => "InvalidHost",
+            Self::InvalidPath => "InvalidPath",
+            Self::RouteConflict => "RouteConflict",
+            Self::DefaultBackendConflict => "DefaultBackendConflict",
+            Self::UnsupportedBackend => "UnsupportedBackend",
+            Self::ServiceNotFound => "ServiceNotFound",
+            Self::ServicePortNotFound => "ServicePortNotFound",
+            Self::NotImplemented => "NotImplemented",
+            Self::TargetNotFound => "TargetNotFound",
+        }
+    }
+}
+
+/// One finding about one object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Diagnostic {
+    pub kind: &'static str,
+    pub object: ObjectKey,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(kind: &'static str, object: &ObjectKey, reason: Reason, message: impl Into<String>) -> Self {
+        Self { kind, object: object.clone(), reason, message: message.into() }
+    }
+}

@@ -1,0 +1,81 @@
+//! Ingress rules and `defaultBackend` → routes.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use switchyard_dataplane::router::{RouteError, Router};
+use switchyard_dataplane::{PathKind, Route};
+
+use super::backend::Backends;
+use super::diagnostics::{Diagnostic, Reason};
+use crate::world::ObjectKey;
+
+const KIND: &str = "Ingress";
+
+pub(super) fn add_ingress(
+    key: &ObjectKey,
+    ing: &Ingress,
+    router: &mut Router,
+    backends: &mut Backends<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some(spec) = &ing.spec else { return };
+    let source: Arc<str> = key.to_string().into();
+
+    if let Some(default) = &spec.default_backend {
+        if let Some(backend) = resolve(key, default, backends, diagnostics) {
+            let route = Route { host: "*".into(), path: "".into(), kind: PathKind::Prefix, backend, source: source.clone() };
+            if let Err(existing) = router.set_default_backend(route) {
+                diagnostics.push(Diagnostic::new(
+                    KIND,
+                    key,
+                    Reason::DefaultBackendConflict,
+                    format!("defaultBackend ignored: Ingress {existing} (older) already sets one"),
+                ));
+            }
+        }
+    }
+
+    for rule in spec.rules.iter().flatten() {
+        let host = rule.host.as_deref().filter(|h| !h.is_empty());
+        let Some(http) = &rule.http else { continue };
+        for p in &http.paths {
+            let kind = match p.path_type.as_str() {
+                "Exact" => PathKind::Exact,
+                // ImplementationSpecific is documented to behave as Prefix.
+                _ => PathKind::Prefix,
+            };
+            let path = p.path.as_deref().unwrap_or("/");
+            let Some(backend) = resolve(key, &p.backend, backends, diagnostics) else { continue };
+            let route = Route { host: "".into(), path: path.into(), kind, backend, source: source.clone() };
+            if let Err(err) = router.add_route(host, route) {
+                let reason = match err {
+                    RouteError::InvalidHost { .. } => Reason::InvalidHost,
+                    RouteError::InvalidPath { .. } => Reason::InvalidPath,
+                    RouteError::Conflict { .. } => Reason::RouteConflict,
+                };
+                diagnostics.push(Diagnostic::new(KIND, key, reason, format!("rule ignored: {err}")));
+            }
+        }
+    }
+}
+
+/// The backend index for an Ingress backend, or `None` (with a diagnostic)
+/// when it is not a Service backend.
+fn resolve(
+    key: &ObjectKey,
+    backend: &IngressBackend,
+    backends: &mut Backends<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<usize> {
+    let Some(service) = &backend.service else {
+        diagnostics.push(Diagnostic::new(
+            KIND,
+            key,
+            Reason::UnsupportedBackend,
+            "only Service backends are supported; `resource` backends are ignored",
+        ));
+        return None;
+    };
+    Some(backends.resolve(key, &key.namespace, service, diagnostics))
+}

@@ -1,0 +1,75 @@
+//! `compile`: a pure function from [`World`] to a routing [`Snapshot`] and
+//! the [`Diagnostic`]s about what was rejected.
+//!
+//! No I/O, no clock, no randomness: the same world gives the same snapshot.
+//! Ingresses are processed oldest first (`creationTimestamp`, then
+//! namespace/name), so the older object wins every conflict.
+
+mod backend;
+mod class;
+mod diagnostics;
+mod ingress;
+mod policy;
+
+use std::collections::HashMap;
+
+use switchyard_dataplane::Snapshot;
+use switchyard_dataplane::router::Router;
+
+pub use class::{CLASS_ANNOTATION, ClassConfig, DEFAULT_CLASS_ANNOTATION};
+pub use diagnostics::{Diagnostic, Reason};
+
+use crate::world::{ObjectKey, World};
+
+/// The result of one compile.
+#[derive(Debug)]
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    /// Sorted, deduplicated.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The Ingresses that were served (class ours), sorted.
+    pub served_ingresses: Vec<ObjectKey>,
+}
+
+/// Compiles `world` for the controller configured by `classes`.
+pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
+    let mut diagnostics = Vec::new();
+    let mut backends = backend::Backends::new(world);
+    let mut router = Router::default();
+
+    let mut ours: Vec<_> = world.ingresses.iter().filter(|(_, ing)| classes.is_ours(ing, world)).collect();
+    ours.sort_by(|(ka, a), (kb, b)| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        // Objects without a timestamp (hand-written manifests) sort after
+        // those with one; then by namespace/name.
+        (ta.is_none(), ta, *ka).cmp(&(tb.is_none(), tb, *kb))
+    });
+    for (key, ing) in &ours {
+        ingress::add_ingress(key, ing, &mut router, &mut backends, &mut diagnostics);
+    }
+    router.finish();
+    policy::check_policies(world, &mut diagnostics);
+
+    diagnostics.sort();
+    diagnostics.dedup();
+    let mut served_ingresses: Vec<ObjectKey> = ours.into_iter().map(|(k, _)| k.clone()).collect();
+    served_ingresses.sort();
+    Compiled {
+        snapshot: Snapshot { generation: 0, router, backends: backends.into_vec() },
+        diagnostics,
+        served_ingresses,
+    }
+}
+
+/// Counts diagnostics by `(kind, reason)`, for the rejected-objects metric.
+pub fn count_by_reason(diagnostics: &[Diagnostic]) -> HashMap<(&'static str, Reason), i64> {
+    let mut counts = HashMap::new();
+    for d in diagnostics {
+        *counts.entry((d.kind, d.reason)).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,55 @@
+//! The step shared by every source: compile a world, log what was
+//! rejected, make the snapshot live, update the control-loop metrics.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use switchyard_dataplane::SnapshotHandle;
+use switchyard_dataplane::metrics::Metrics;
+
+use crate::compile::{ClassConfig, Compiled, Diagnostic, compile, count_by_reason};
+use crate::world::{ObjectKey, World};
+
+/// Compiles and publishes; remembers the last diagnostics so that each is
+/// logged once, when it appears, not on every reload.
+#[derive(Debug)]
+pub struct Publisher {
+    handle: Arc<SnapshotHandle>,
+    metrics: Arc<Metrics>,
+    classes: ClassConfig,
+    reported: BTreeSet<Diagnostic>,
+}
+
+impl Publisher {
+    pub fn new(handle: Arc<SnapshotHandle>, metrics: Arc<Metrics>, classes: ClassConfig) -> Self {
+        Self { handle, metrics, classes, reported: BTreeSet::new() }
+    }
+
+    /// Compiles `world` and makes the result live. `origin` names where an
+    /// object came from (a file), for the logs.
+    pub fn apply(&mut self, world: &World, origin: impl Fn(&'static str, &ObjectKey) -> Option<String>) -> Compiled {
+        let mut compiled = compile(world, &self.classes);
+        let now: BTreeSet<Diagnostic> = compiled.diagnostics.iter().cloned().collect();
+        for d in now.difference(&self.reported) {
+            let from = origin(d.kind, &d.object).unwrap_or_default();
+            tracing::warn!(origin = %from, kind = d.kind, object = %d.object, reason = d.reason.as_str(), "{}", d.message);
+        }
+        for d in self.reported.difference(&now) {
+            tracing::info!(kind = d.kind, object = %d.object, reason = d.reason.as_str(), "resolved: {}", d.message);
+        }
+        self.reported = now;
+
+        self.metrics.rejected_objects.reset();
+        for ((kind, reason), n) in count_by_reason(&compiled.diagnostics) {
+            self.metrics.rejected_objects.with_label_values(&[kind, reason.as_str()]).set(n);
+        }
+        let vhosts = compiled.snapshot.router.vhosts().len();
+        let backends = compiled.snapshot.backends.len();
+        let snapshot = std::mem::take(&mut compiled.snapshot);
+        let generation = self.handle.publish(snapshot);
+        self.metrics.snapshot_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+        tracing::info!(generation, vhosts, backends, ingresses = compiled.served_ingresses.len(), "snapshot live");
+        compiled
+    }
+}

@@ -1,0 +1,5 @@
+//! Sources turn the outside world into a [`World`](crate::world::World):
+//! a directory of manifests (standalone mode) or, in a cluster, the API.
+
+pub mod files;
+pub mod manifest;

@@ -1,0 +1,102 @@
+//! The admin listener: liveness, readiness, metrics and a debug view.
+//!
+//! * `GET /healthz` — 200 while the process is alive;
+//! * `GET /readyz` — 200 once the first snapshot is live, 503 before and
+//!   while shutting down;
+//! * `GET /metrics` — Prometheus text;
+//! * `GET /debug/snapshot` — JSON of virtual hosts, routes and backends.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::snapshot::SnapshotHandle;
+
+/// What the admin endpoints report on.
+#[derive(Debug)]
+pub struct AdminState {
+    pub snapshots: Arc<SnapshotHandle>,
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown starts: readiness turns 503 first.
+    pub shutting_down: AtomicBool,
+}
+
+impl AdminState {
+    pub fn new(snapshots: Arc<SnapshotHandle>, metrics: Arc<Metrics>) -> Self {
+        Self { snapshots, metrics, shutting_down: AtomicBool::new(false) }
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if self.shutting_down.load(Ordering::Acquire) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            }
+            "/readyz" if self.snapshots.is_ready() => text(StatusCode::OK, "ready\n"),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first configuration\n"),
+            "/metrics" => {
+                let mut resp = text(StatusCode::OK, self.metrics.render());
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                resp
+            }
+            "/debug/snapshot" => {
+                let snapshot = self.snapshots.load();
+                let body = serde_json::to_vec_pretty(&*snapshot).expect("snapshot serializes");
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Serves the admin endpoints until `shutdown` completes.
+pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, shutdown: impl Future<Output = ()>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(state.respond(&req)) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}

@@ -1,0 +1,19 @@
+//! Switchyard's embedded dataplane.
+//!
+//! It knows routes and endpoints, not Kubernetes objects: the controller
+//! compiles the cluster (or a manifest directory) into an immutable
+//! [`Snapshot`], publishes it through a [`SnapshotHandle`], and the listeners
+//! serve every request from the newest one. Nothing here depends on kube.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod balance;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod snapshot;
+
+pub use snapshot::{Backend, Endpoint, PathKind, Route, Snapshot, SnapshotHandle};

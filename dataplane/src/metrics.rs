@@ -1,0 +1,82 @@
+//! Prometheus metrics of the dataplane and of configuration propagation.
+//!
+//! One [`Metrics`] per process, shared by `Arc`. Label sets are bounded:
+//! `host` is the host a route was *declared* for (never the raw Host header)
+//! and `service` is `namespace/name`.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `switchyard_requests_total{host,service,code}`
+    pub requests: IntCounterVec,
+    /// `switchyard_request_duration_seconds{service}`: request received →
+    /// response headers sent.
+    pub request_duration: HistogramVec,
+    /// `switchyard_snapshot_generation`
+    pub snapshot_generation: IntGauge,
+    /// `switchyard_config_reloads_total{result}` (`applied`, `unchanged`, `failed`)
+    pub config_reloads: IntCounterVec,
+    /// `switchyard_rejected_objects{kind,reason}`, as of the latest compile.
+    pub rejected_objects: prometheus::IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("switchyard_requests_total", "Requests answered, by route host, backend service and status code."),
+            &["host", "service", "code"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request received to response headers sent, by backend service.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["service"],
+        )
+        .expect("valid metric");
+        let snapshot_generation =
+            IntGauge::new("switchyard_snapshot_generation", "Generation of the routing snapshot in force.")
+                .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new("switchyard_config_reloads_total", "Configuration recompilations, by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let rejected_objects = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "switchyard_rejected_objects",
+                "Objects (or parts of objects) rejected by the latest compile, by kind and reason.",
+            ),
+            &["kind", "reason"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(snapshot_generation.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(rejected_objects.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self { registry, requests, request_duration, snapshot_generation, config_reloads, rejected_objects }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}

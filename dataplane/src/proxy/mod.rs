@@ -1,0 +1,186 @@
+//! The HTTP reverse proxy: route, pick an endpoint, forward, stream back.
+//!
+//! Bodies are streamed both ways (never buffered), HTTP/1.1 `Upgrade`
+//! (WebSocket) is tunnelled, and upstream connections are pooled and shared
+//! by every worker thread.
+
+mod headers;
+mod local;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::metrics::Metrics;
+use crate::snapshot::{Endpoint, SnapshotHandle};
+
+pub use local::local_response;
+
+/// Response body: the upstream's streamed body, or a short local answer.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Tunables of the proxy, with the defaults a user would expect.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// TCP connect timeout toward an endpoint (502 when exceeded).
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response headers (504 when exceeded).
+    pub upstream_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Facts about the downstream connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// Shared by every connection of every listener.
+#[derive(Debug)]
+pub struct Proxy {
+    snapshots: Arc<SnapshotHandle>,
+    metrics: Arc<Metrics>,
+    client: Client<HttpConnector, Incoming>,
+    config: ProxyConfig,
+}
+
+/// Why forwarding failed; mapped to a status by [`ForwardError::status`].
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("upstream connect error")]
+    Connect,
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream error")]
+    Upstream,
+    #[error("upstream switched protocols without an upgrade being requested")]
+    UnrequestedUpgrade,
+}
+
+impl ForwardError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Connect | Self::Upstream | Self::UnrequestedUpgrade => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new(snapshots: Arc<SnapshotHandle>, metrics: Arc<Metrics>, config: ProxyConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(connector);
+        Self { snapshots, metrics, client, config }
+    }
+
+    /// Answers one request. Never fails: every error becomes a response.
+    pub async fn serve(&self, req: Request<Incoming>, conn: ConnInfo) -> Result<Response<ProxyBody>, Infallible> {
+        let start = Instant::now();
+        let snapshot = self.snapshots.load();
+        let route = snapshot.router.route(request_host(&req), req.uri().path());
+        let Some(route) = route else {
+            self.metrics.requests.with_label_values(&["", "", StatusCode::NOT_FOUND.as_str()]).inc();
+            return Ok(local_response(StatusCode::NOT_FOUND, "no route for this host and path"));
+        };
+        let backend = &snapshot.backends[route.backend];
+        let response = match (&backend.unavailable, backend.pick_endpoint()) {
+            (Some(reason), _) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
+            (None, None) => local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no ready endpoints for service {}", backend.service),
+            ),
+            (None, Some(endpoint)) => match self.forward(req, endpoint, conn).await {
+                Ok(resp) => resp.map(Either::Left),
+                Err(err) => {
+                    tracing::debug!(endpoint = %endpoint.addr, service = %backend.service, error = %err, "forward failed");
+                    local_response(err.status(), &err.to_string())
+                }
+            },
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[&*route.host, &*backend.service, response.status().as_str()])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[&*backend.service])
+            .observe(start.elapsed().as_secs_f64());
+        Ok(response)
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        endpoint: &Endpoint,
+        conn: ConnInfo,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let upgrade = upgrade::requested(&req);
+        let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        headers::prepare_request(&mut parts, upgrade, conn);
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = Some(path);
+        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+        parts.version = Version::HTTP_11;
+
+        let sent = tokio::time::timeout(self.config.upstream_timeout, self.client.request(Request::from_parts(parts, body)));
+        let mut resp = match sent.await {
+            Err(_elapsed) => return Err(ForwardError::Timeout(self.config.upstream_timeout)),
+            Ok(Err(err)) if err.is_connect() => return Err(ForwardError::Connect),
+            Ok(Err(_)) => return Err(ForwardError::Upstream),
+            Ok(Ok(resp)) => resp,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(downstream) = downstream_upgrade else {
+                return Err(ForwardError::UnrequestedUpgrade);
+            };
+            upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp), endpoint.addr);
+        } else {
+            headers::strip_hop_by_hop(resp.headers_mut());
+        }
+        Ok(resp)
+    }
+}
+
+/// The authority the client addressed: the URI's (HTTP/2, absolute-form)
+/// or the Host header's.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()))
+}

@@ -1,0 +1,259 @@
+//! Host and path matching, Ingress v1 semantics.
+//!
+//! Implements the matching rules of the Kubernetes Ingress spec
+//! (<https://kubernetes.io/docs/concepts/services-networking/ingress/>,
+//! "Path types", "Examples" and "Hostname wildcards"):
+//!
+//! * hosts match exactly (ASCII case-insensitive) or by a `*.` wildcard that
+//!   covers exactly one DNS label; a port in the Host header is ignored;
+//! * the most specific host owns the request: exact, then wildcard, then the
+//!   rules without a host; if none of its paths match, the default backend
+//!   answers, else 404;
+//! * `Exact` compares the whole path, case-sensitive; `Prefix` compares
+//!   element-wise on `/` with the trailing slash ignored; the longest match
+//!   wins and `Exact` beats `Prefix` of the same length.
+//!
+//! All work happens when the router is built. A lookup does a handful of
+//! hash-map probes on borrowed slices and allocates nothing.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::snapshot::{PathKind, Route};
+
+/// Longest host name we look up (RFC 1035: 253 characters, plus slack).
+const MAX_HOST_LEN: usize = 255;
+
+/// The host → path → route table of one snapshot.
+#[derive(Debug, Default, Serialize)]
+pub struct Router {
+    vhosts: Vec<VirtualHost>,
+    #[serde(skip)]
+    exact_hosts: HashMap<Box<str>, usize>,
+    /// Keyed by the suffix after `*.`.
+    #[serde(skip)]
+    wildcard_hosts: HashMap<Box<str>, usize>,
+    #[serde(skip)]
+    catch_all: Option<usize>,
+    default_backend: Option<Route>,
+}
+
+/// The routes of one host.
+#[derive(Debug, Serialize)]
+pub struct VirtualHost {
+    pub host: Arc<str>,
+    routes: Vec<Route>,
+    #[serde(skip)]
+    exact: HashMap<Box<str>, usize>,
+    /// Keyed by the prefix with trailing slashes removed (`/` becomes ``).
+    #[serde(skip)]
+    prefix: HashMap<Box<str>, usize>,
+}
+
+/// Why a route could not be added.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("host {host:?} is not a valid host name or `*.` wildcard")]
+    InvalidHost { host: String },
+    #[error("path {path:?} must start with '/'")]
+    InvalidPath { path: String },
+    /// Same host, path and type as a route already added; the existing one
+    /// (added first, hence preferred) stays.
+    #[error("host {host:?} path {path:?} ({kind:?}) is already routed by {existing}")]
+    Conflict { host: String, path: String, kind: PathKind, existing: Arc<str> },
+}
+
+impl Router {
+    /// Finds the route for a request. `host` is the Host header or the
+    /// `:authority` (port allowed); `path` is the request path.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        let vhost = host.and_then(|h| self.vhost_for(h)).or_else(|| self.catch_all.map(|i| &self.vhosts[i]));
+        match vhost {
+            Some(vh) => vh.match_path(path).or(self.default_backend.as_ref()),
+            None => self.default_backend.as_ref(),
+        }
+    }
+
+    fn vhost_for(&self, host: &str) -> Option<&VirtualHost> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let host = normalize_host(host, &mut buf)?;
+        if let Some(&i) = self.exact_hosts.get(host) {
+            return Some(&self.vhosts[i]);
+        }
+        let (label, suffix) = host.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
+        self.wildcard_hosts.get(suffix).map(|&i| &self.vhosts[i])
+    }
+
+    pub fn vhosts(&self) -> &[VirtualHost] {
+        &self.vhosts
+    }
+
+    pub fn default_backend(&self) -> Option<&Route> {
+        self.default_backend.as_ref()
+    }
+
+    /// Adds a route. `host` is `None` for rules without a host. Routes added
+    /// earlier win conflicts, so add them in precedence order.
+    pub fn add_route(&mut self, host: Option<&str>, route: Route) -> Result<(), RouteError> {
+        if !route.path.starts_with('/') {
+            return Err(RouteError::InvalidPath { path: route.path.to_string() });
+        }
+        let idx = match host {
+            None => match self.catch_all {
+                Some(i) => i,
+                None => {
+                    self.vhosts.push(VirtualHost::new("*"));
+                    self.catch_all = Some(self.vhosts.len() - 1);
+                    self.vhosts.len() - 1
+                }
+            },
+            Some(host) => self.vhost_index(host)?,
+        };
+        self.vhosts[idx].add(route)
+    }
+
+    /// Sets the default backend unless one is already set; returns the
+    /// source of the one already in force when it is.
+    pub fn set_default_backend(&mut self, route: Route) -> Result<(), Arc<str>> {
+        match &self.default_backend {
+            Some(existing) => Err(existing.source.clone()),
+            None => {
+                self.default_backend = Some(route);
+                Ok(())
+            }
+        }
+    }
+
+    fn vhost_index(&mut self, host: &str) -> Result<usize, RouteError> {
+        let lower = host.to_ascii_lowercase();
+        let lower = lower.trim_end_matches('.');
+        let invalid = || RouteError::InvalidHost { host: host.to_string() };
+        let (map, key) = match lower.strip_prefix("*.") {
+            Some(suffix) => (&mut self.wildcard_hosts, suffix),
+            None => (&mut self.exact_hosts, lower),
+        };
+        if !valid_dns_name(key) {
+            return Err(invalid());
+        }
+        Ok(match map.entry(key.into()) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => {
+                self.vhosts.push(VirtualHost::new(lower));
+                *e.insert(self.vhosts.len() - 1)
+            }
+        })
+    }
+
+    /// Sorts hosts and routes for stable output (debug views, diffs).
+    /// Call once after the last `add_route`.
+    pub fn finish(&mut self) {
+        let mut order: Vec<usize> = (0..self.vhosts.len()).collect();
+        order.sort_by(|&a, &b| self.vhosts[a].host.cmp(&self.vhosts[b].host));
+        let mut remap = vec![0; order.len()];
+        for (new, &old) in order.iter().enumerate() {
+            remap[old] = new;
+        }
+        let mut vhosts: Vec<Option<VirtualHost>> = std::mem::take(&mut self.vhosts).into_iter().map(Some).collect();
+        self.vhosts = order.iter().map(|&old| vhosts[old].take().expect("each index once")).collect();
+        for i in self.exact_hosts.values_mut().chain(self.wildcard_hosts.values_mut()) {
+            *i = remap[*i];
+        }
+        self.catch_all = self.catch_all.map(|i| remap[i]);
+    }
+}
+
+// === impl VirtualHost ===
+
+impl VirtualHost {
+    fn new(host: &str) -> Self {
+        Self { host: host.into(), routes: Vec::new(), exact: HashMap::new(), prefix: HashMap::new() }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    fn add(&mut self, mut route: Route) -> Result<(), RouteError> {
+        route.host = self.host.clone();
+        let (map, key) = match route.kind {
+            PathKind::Exact => (&mut self.exact, &*route.path),
+            PathKind::Prefix => (&mut self.prefix, route.path.trim_end_matches('/')),
+        };
+        match map.entry(key.into()) {
+            Entry::Occupied(e) => Err(RouteError::Conflict {
+                host: self.host.to_string(),
+                path: route.path.to_string(),
+                kind: route.kind,
+                existing: self.routes[*e.get()].source.clone(),
+            }),
+            Entry::Vacant(e) => {
+                e.insert(self.routes.len());
+                self.routes.push(route);
+                Ok(())
+            }
+        }
+    }
+
+    /// Longest match wins; `Exact` beats `Prefix` of equal length.
+    pub fn match_path(&self, path: &str) -> Option<&Route> {
+        if let Some(&i) = self.exact.get(path) {
+            return Some(&self.routes[i]);
+        }
+        if self.prefix.is_empty() {
+            return None;
+        }
+        // Candidates are the path cut at each `/` boundary, longest first:
+        // `/a/b/` and `/a/b` try `/a/b`, then `/a`, then `` (the `/` prefix).
+        let mut candidate = path.trim_end_matches('/');
+        loop {
+            if let Some(&i) = self.prefix.get(candidate) {
+                return Some(&self.routes[i]);
+            }
+            match candidate.rfind('/') {
+                Some(cut) => candidate = &candidate[..cut],
+                None => return None,
+            }
+        }
+    }
+}
+
+/// Strips the port and a trailing dot and lowercases into `buf`, returning
+/// the normalized host; `None` when it is empty or too long.
+fn normalize_host<'b>(host: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
+    let host = if host.starts_with('[') {
+        // IPv6 literal: keep up to and including the bracket.
+        &host[..=host.find(']')?]
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _port)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > MAX_HOST_LEN {
+        return None;
+    }
+    let out = &mut buf[..host.len()];
+    out.copy_from_slice(host.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
+}
+
+/// Lowercase RFC 1123 labels separated by dots (no wildcard).
+fn valid_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests;
