@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::compile::ClassConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "Kubernetes ingress controller and load balancer")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Kubernetes ingress controller and load balancer"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -4,7 +4,9 @@
 //! `host` is the host a route was *declared* for (never the raw Host header)
 //! and `service` is `namespace/name`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -32,7 +34,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("switchyard_requests_total", "Requests answered, by route host, backend service and status code."),
+            Opts::new(
+                "switchyard_requests_total",
+                "Requests answered, by route host, backend service and status code.",
+            ),
             &["host", "service", "code"],
         )
         .expect("valid metric");
@@ -41,15 +46,23 @@ impl Metrics {
                 "switchyard_request_duration_seconds",
                 "Time from request received to response headers sent, by backend service.",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
             &["service"],
         )
         .expect("valid metric");
-        let snapshot_generation =
-            IntGauge::new("switchyard_snapshot_generation", "Generation of the routing snapshot in force.")
-                .expect("valid metric");
+        let snapshot_generation = IntGauge::new(
+            "switchyard_snapshot_generation",
+            "Generation of the routing snapshot in force.",
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
-            Opts::new("switchyard_config_reloads_total", "Configuration recompilations, by result."),
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Configuration recompilations, by result.",
+            ),
             &["result"],
         )
         .expect("valid metric");
@@ -70,13 +83,22 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Self { registry, requests, request_duration, snapshot_generation, config_reloads, rejected_objects }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            snapshot_generation,
+            config_reloads,
+            rejected_objects,
+        }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

@@ -22,17 +22,23 @@ pub(super) fn add_ingress(
     let Some(spec) = &ing.spec else { return };
     let source: Arc<str> = key.to_string().into();
 
-    if let Some(default) = &spec.default_backend {
-        if let Some(backend) = resolve(key, default, backends, diagnostics) {
-            let route = Route { host: "*".into(), path: "".into(), kind: PathKind::Prefix, backend, source: source.clone() };
-            if let Err(existing) = router.set_default_backend(route) {
-                diagnostics.push(Diagnostic::new(
-                    KIND,
-                    key,
-                    Reason::DefaultBackendConflict,
-                    format!("defaultBackend ignored: Ingress {existing} (older) already sets one"),
-                ));
-            }
+    if let Some(default) = &spec.default_backend
+        && let Some(backend) = resolve(key, default, backends, diagnostics)
+    {
+        let route = Route {
+            host: "*".into(),
+            path: "".into(),
+            kind: PathKind::Prefix,
+            backend,
+            source: source.clone(),
+        };
+        if let Err(existing) = router.set_default_backend(route) {
+            diagnostics.push(Diagnostic::new(
+                KIND,
+                key,
+                Reason::DefaultBackendConflict,
+                format!("defaultBackend ignored: Ingress {existing} (older) already sets one"),
+            ));
         }
     }
 
@@ -46,15 +52,28 @@ pub(super) fn add_ingress(
                 _ => PathKind::Prefix,
             };
             let path = p.path.as_deref().unwrap_or("/");
-            let Some(backend) = resolve(key, &p.backend, backends, diagnostics) else { continue };
-            let route = Route { host: "".into(), path: path.into(), kind, backend, source: source.clone() };
+            let Some(backend) = resolve(key, &p.backend, backends, diagnostics) else {
+                continue;
+            };
+            let route = Route {
+                host: "".into(),
+                path: path.into(),
+                kind,
+                backend,
+                source: source.clone(),
+            };
             if let Err(err) = router.add_route(host, route) {
                 let reason = match err {
                     RouteError::InvalidHost { .. } => Reason::InvalidHost,
                     RouteError::InvalidPath { .. } => Reason::InvalidPath,
                     RouteError::Conflict { .. } => Reason::RouteConflict,
                 };
-                diagnostics.push(Diagnostic::new(KIND, key, reason, format!("rule ignored: {err}")));
+                diagnostics.push(Diagnostic::new(
+                    KIND,
+                    key,
+                    reason,
+                    format!("rule ignored: {err}"),
+                ));
             }
         }
     }

@@ -19,13 +19,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (service, names) in [("web", &["web-1", "web-2"][..]), ("api", &["api-1"][..])] {
         let mut addrs = Vec::new();
         for name in names {
-            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding an echo backend")?;
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding an echo backend")?;
             addrs.push((name.to_string(), listener.local_addr()?));
             tokio::spawn(echo::serve(listener, name.to_string()));
         }
-        endpoints.push_str(&endpoint_slice(service, &addrs));
+        endpoints.push_str(&endpoint_slice("demo", service, &addrs));
     }
-    let dir = tempfile::Builder::new().prefix("switchyard-demo-").tempdir().context("creating the demo directory")?;
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-demo-")
+        .tempdir()
+        .context("creating the demo directory")?;
     std::fs::write(dir.path().join("demo.yaml"), DEMO_MANIFESTS)?;
     std::fs::write(dir.path().join("endpoints.yaml"), endpoints)?;
 
@@ -67,18 +72,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     crate::standalone::run(standalone).await
 }
 
-/// An EndpointSlice manifest for `service` (port name `http`) with one
-/// ready endpoint per `(pod, addr)`.
-pub fn endpoint_slice(service: &str, endpoints: &[(String, SocketAddr)]) -> String {
+/// EndpointSlice manifests for `service` in `namespace` (port name `http`),
+/// one slice with one ready endpoint per `(pod, addr)`.
+pub fn endpoint_slice(
+    namespace: &str,
+    service: &str,
+    endpoints: &[(String, SocketAddr)],
+) -> String {
     let mut yaml = String::new();
     for (pod, addr) in endpoints {
         let _ = write!(
             yaml,
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{pod}\n  namespace: demo\n  \
-             labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\n\
-             endpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: {pod}, namespace: demo}}\n",
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{pod}\n  namespace: {namespace}\n  \
+             labels: {{kubernetes.io/service-name: {service}}}\naddressType: {family}\nports: [{{name: http, port: {port}, protocol: TCP}}]\n\
+             endpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: {pod}, namespace: {namespace}}}\n",
             port = addr.port(),
             ip = addr.ip(),
+            family = if addr.is_ipv4() { "IPv4" } else { "IPv6" },
         );
     }
     yaml

@@ -40,7 +40,10 @@ pub struct ManifestDir {
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: BTreeMap::new() }
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -59,17 +62,29 @@ impl ManifestDir {
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if !is_manifest || !meta.is_file() {
                 continue;
             }
             seen.push(path.clone());
-            let fingerprint = Fingerprint { len: meta.len(), modified: meta.modified().ok() };
-            if self.files.get(&path).is_some_and(|f| f.fingerprint == fingerprint) {
+            let fingerprint = Fingerprint {
+                len: meta.len(),
+                modified: meta.modified().ok(),
+            };
+            if self
+                .files
+                .get(&path)
+                .is_some_and(|f| f.fingerprint == fingerprint)
+            {
                 continue;
             }
             changed = true;
-            let state = self.files.entry(path.clone()).or_insert(FileState { fingerprint, objects: Vec::new() });
+            let state = self.files.entry(path.clone()).or_insert(FileState {
+                fingerprint,
+                objects: Vec::new(),
+            });
             state.fingerprint = fingerprint;
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
@@ -131,7 +146,8 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
     })
     .and_then(|mut w| {
         use notify::Watcher;
-        w.watch(dir.path(), notify::RecursiveMode::NonRecursive).map(|()| w)
+        w.watch(dir.path(), notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
     });
     let _watcher = match watcher {
         Ok(w) => Some(w),
@@ -151,7 +167,9 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
                 first = false;
             }
             Ok(_) => {}
-            Err(err) => tracing::error!(dir = %dir.path().display(), error = %err, "cannot list manifest directory"),
+            Err(err) => {
+                tracing::error!(dir = %dir.path().display(), error = %err, "cannot list manifest directory")
+            }
         }
         tokio::select! {
             _ = tick.tick() => {}

@@ -43,7 +43,9 @@ pub(super) fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, endpoint: Socke
             Ok((to_upstream, to_client)) => {
                 tracing::trace!(%endpoint, to_upstream, to_client, "upgraded connection closed")
             }
-            Err(err) => tracing::debug!(%endpoint, error = %err, "upgraded connection ended with error"),
+            Err(err) => {
+                tracing::debug!(%endpoint, error = %err, "upgraded connection ended with error")
+            }
         }
     });
 }
