@@ -144,12 +144,14 @@ log "etcd started: pid $etcd_pid, http://127.0.0.1:$etcd_port, data $etcd_data"
 deadline=$(($(date +%s) + READY_TIMEOUT))
 # fail MESSAGE: report with the logs' tails and exit (the trap cleans up).
 fail() {
-  local f
+  local f n
   log "error: $*"
-  for f in "$dir/etcd.log" "$dir/kube-apiserver.log"; do
+  for f in etcd.log:15 kube-apiserver.log:40; do
+    n=${f#*:}
+    f=$dir/${f%:*}
     [[ -f $f ]] || continue
-    printf '\n----- last 40 lines of %s -----\n' "$f" >&2
-    tail -n 40 "$f" >&2
+    printf '\n----- last %s lines of %s -----\n' "$n" "$f" >&2
+    tail -n "$n" "$f" >&2
   done
   exit 1
 }
