@@ -9,11 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::compile::ClassConfig;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "switchyard",
-    version,
-    about = "Kubernetes ingress controller and load balancer"
-)]
+#[command(name = "switchyard", version, about = "Kubernetes ingress controller and load balancer")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -36,6 +32,9 @@ pub enum Command {
     /// Serve traffic from Ingress/Service/EndpointSlice manifests in a
     /// directory, watched for changes (no Kubernetes API needed).
     Standalone(StandaloneArgs),
+    /// Run in a cluster: watch the Kubernetes API, serve traffic, and (as
+    /// the elected leader) write Ingress status and Events.
+    Run(Box<RunArgs>),
     /// Start the proxy with bundled example manifests and built-in echo
     /// backends on loopback, and print curl commands to try.
     Demo(DemoArgs),
@@ -104,6 +103,46 @@ pub struct StandaloneArgs {
     /// Directory of *.yaml, *.yml and *.json manifests.
     #[arg(long)]
     pub manifests: PathBuf,
+    #[command(flatten)]
+    pub dataplane: DataplaneArgs,
+    #[command(flatten)]
+    pub classes: ClassArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, then in-cluster config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// HTTPS listener address (TLS termination is not implemented yet: the
+    /// flag is accepted and a warning logged).
+    #[arg(long)]
+    pub https_addr: Option<SocketAddr>,
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long)]
+    pub watch_namespace: Option<String>,
+    /// Service whose load-balancer address is written into Ingress status.
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "publish_address")]
+    pub publish_service: Option<String>,
+    /// Address(es) written into Ingress status instead (IPs or host names,
+    /// comma-separated).
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub publish_address: Vec<String>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "switchyard-leader")]
+    pub election_id: String,
+    /// This replica's identity in the Lease (default: host name and PID).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// How long a Lease is valid without renewal (failover time).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Coalescing window for bursts of watch events.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub debounce: Duration,
     #[command(flatten)]
     pub dataplane: DataplaneArgs,
     #[command(flatten)]

@@ -9,8 +9,11 @@
 pub mod cli;
 pub mod compile;
 pub mod demo;
+pub mod leader;
 pub mod publish;
+pub mod run;
 pub mod runtime;
 pub mod source;
 pub mod standalone;
+pub mod status;
 pub mod world;

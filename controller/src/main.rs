@@ -4,17 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchyard_controller::cli::{Cli, Command, LogFormat};
-use switchyard_controller::{demo, standalone};
+use switchyard_controller::{demo, run, standalone};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -22,16 +19,13 @@ fn main() -> ExitCode {
 
     let workers = match &cli.command {
         Command::Standalone(a) => a.dataplane.workers,
+        Command::Run(a) => a.dataplane.workers,
         Command::Echo(a) => Some(a.workers),
         _ => None,
     }
     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     .max(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("switchyard: cannot start the runtime: {err}");
@@ -41,6 +35,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Standalone(args) => standalone::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Echo(args) => {
                 let listener = tokio::net::TcpListener::bind(args.addr).await?;

@@ -22,21 +22,12 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(handle: Arc<SnapshotHandle>, metrics: Arc<Metrics>, classes: ClassConfig) -> Self {
-        Self {
-            handle,
-            metrics,
-            classes,
-            reported: BTreeSet::new(),
-        }
+        Self { handle, metrics, classes, reported: BTreeSet::new() }
     }
 
     /// Compiles `world` and makes the result live. `origin` names where an
     /// object came from (a file), for the logs.
-    pub fn apply(
-        &mut self,
-        world: &World,
-        origin: impl Fn(&'static str, &ObjectKey) -> Option<String>,
-    ) -> Compiled {
+    pub fn apply(&mut self, world: &World, origin: impl Fn(&'static str, &ObjectKey) -> Option<String>) -> Compiled {
         let mut compiled = compile(world, &self.classes);
         let now: BTreeSet<Diagnostic> = compiled.diagnostics.iter().cloned().collect();
         for d in now.difference(&self.reported) {
@@ -50,29 +41,15 @@ impl Publisher {
 
         self.metrics.rejected_objects.reset();
         for ((kind, reason), n) in count_by_reason(&compiled.diagnostics) {
-            self.metrics
-                .rejected_objects
-                .with_label_values(&[kind, reason.as_str()])
-                .set(n);
+            self.metrics.rejected_objects.with_label_values(&[kind, reason.as_str()]).set(n);
         }
         let vhosts = compiled.snapshot.router.vhosts().len();
         let backends = compiled.snapshot.backends.len();
         let snapshot = std::mem::take(&mut compiled.snapshot);
         let generation = self.handle.publish(snapshot);
-        self.metrics
-            .snapshot_generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        self.metrics
-            .config_reloads
-            .with_label_values(&["applied"])
-            .inc();
-        tracing::info!(
-            generation,
-            vhosts,
-            backends,
-            ingresses = compiled.served_ingresses.len(),
-            "snapshot live"
-        );
+        self.metrics.snapshot_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+        tracing::info!(generation, vhosts, backends, ingresses = compiled.served_ingresses.len(), "snapshot live");
         compiled
     }
 }

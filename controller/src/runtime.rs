@@ -56,29 +56,13 @@ impl Dataplane {
             header_read_timeout: self.args.header_read_timeout,
             drain_timeout: self.args.drain_timeout,
         };
-        let proxy = Arc::new(Proxy::new(
-            self.snapshots.clone(),
-            self.metrics.clone(),
-            proxy_config,
-        ));
-        let admin_state = Arc::new(AdminState::new(
-            self.snapshots.clone(),
-            self.metrics.clone(),
-        ));
+        let proxy = Arc::new(Proxy::new(self.snapshots.clone(), self.metrics.clone(), proxy_config));
+        let admin_state = Arc::new(AdminState::new(self.snapshots.clone(), self.metrics.clone()));
 
         let (stop_http, http_stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
-        let http_task = tokio::spawn(serve_http(
-            self.http,
-            proxy,
-            listener_config,
-            wait_for(http_stopped),
-        ));
-        let admin_task = tokio::spawn(serve_admin(
-            self.admin,
-            admin_state.clone(),
-            wait_for(admin_stopped),
-        ));
+        let http_task = tokio::spawn(serve_http(self.http, proxy, listener_config, wait_for(http_stopped)));
+        let admin_task = tokio::spawn(serve_admin(self.admin, admin_state.clone(), wait_for(admin_stopped)));
 
         shutdown_signal().await?;
         tracing::info!(delay = ?self.args.shutdown_delay, "shutdown requested: readiness off");

@@ -8,31 +8,16 @@ use crate::runtime::Dataplane;
 use crate::source::files::{self, ManifestDir};
 
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(&args.manifests).with_context(|| {
-        format!(
-            "--manifests {}: cannot read directory",
-            args.manifests.display()
-        )
-    })?;
-    anyhow::ensure!(
-        meta.is_dir(),
-        "--manifests {}: not a directory",
-        args.manifests.display()
-    );
+    let meta = std::fs::metadata(&args.manifests)
+        .with_context(|| format!("--manifests {}: cannot read directory", args.manifests.display()))?;
+    anyhow::ensure!(meta.is_dir(), "--manifests {}: not a directory", args.manifests.display());
 
     let dataplane = Dataplane::bind(&args.dataplane).await?;
-    let mut publisher = Publisher::new(
-        dataplane.snapshots.clone(),
-        dataplane.metrics.clone(),
-        args.classes.to_config(),
-    );
+    let mut publisher =
+        Publisher::new(dataplane.snapshots.clone(), dataplane.metrics.clone(), args.classes.to_config());
     let dir = ManifestDir::new(&args.manifests);
     let source = tokio::spawn(files::watch(dir, move |world, origins| {
-        publisher.apply(world, |kind, key| {
-            origins
-                .get(&(kind, key.clone()))
-                .map(|p| p.display().to_string())
-        });
+        publisher.apply(world, |kind, key| origins.get(&(kind, key.clone())).map(|p| p.display().to_string()));
     }));
     let served = dataplane.serve_until_signal().await;
     source.abort();

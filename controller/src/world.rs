@@ -20,20 +20,14 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 
     /// The key of an object's metadata; objects without a namespace are in
     /// `default`, as `kubectl apply` would put them.
     pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
         Self {
-            namespace: meta
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_string()),
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_string()),
             name: meta.name.clone().unwrap_or_default(),
         }
     }
@@ -41,11 +35,7 @@ impl ObjectKey {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace.is_empty() {
-            f.write_str(&self.name)
-        } else {
-            write!(f, "{}/{}", self.namespace, self.name)
-        }
+        if self.namespace.is_empty() { f.write_str(&self.name) } else { write!(f, "{}/{}", self.namespace, self.name) }
     }
 }
 
@@ -90,9 +80,7 @@ impl Object {
     pub fn key(&self) -> ObjectKey {
         match self {
             Self::Ingress(o) => ObjectKey::of(&o.metadata),
-            Self::IngressClass(o) => {
-                ObjectKey::new("", o.metadata.name.clone().unwrap_or_default())
-            }
+            Self::IngressClass(o) => ObjectKey::new("", o.metadata.name.clone().unwrap_or_default()),
             Self::Service(o) => ObjectKey::of(&o.metadata),
             Self::EndpointSlice(o) => ObjectKey::of(&o.metadata),
             Self::Secret(o) => ObjectKey::of(&o.metadata),

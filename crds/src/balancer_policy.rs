@@ -180,10 +180,7 @@ spec:
         let bp: BalancerPolicy = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(bp.spec.algorithm, Algorithm::IpHash);
         assert_eq!(bp.spec.target_ref.port, Some(80));
-        assert_eq!(
-            bp.spec.endpoint_weights[1].pod_name.as_deref(),
-            Some("web-large-*")
-        );
+        assert_eq!(bp.spec.endpoint_weights[1].pod_name.as_deref(), Some("web-large-*"));
         assert_eq!(bp.spec.session_affinity.unwrap().kind, AffinityType::Cookie);
     }
 

@@ -50,21 +50,8 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(
-            parse_duration("1h1m1s1ms"),
-            Ok(Duration::from_millis(3_661_001))
-        );
-        for bad in [
-            "",
-            "5",
-            "s",
-            "1.5s",
-            "-1s",
-            "100000s",
-            "1d",
-            "1h1m1s1ms1h",
-            " 5s",
-        ] {
+        assert_eq!(parse_duration("1h1m1s1ms"), Ok(Duration::from_millis(3_661_001)));
+        for bad in ["", "5", "s", "1.5s", "-1s", "100000s", "1d", "1h1m1s1ms1h", " 5s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

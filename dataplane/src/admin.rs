@@ -34,11 +34,7 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(snapshots: Arc<SnapshotHandle>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            snapshots,
-            metrics,
-            shutting_down: AtomicBool::new(false),
-        }
+        Self { snapshots, metrics, shutting_down: AtomicBool::new(false) }
     }
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -51,26 +47,18 @@ impl AdminState {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             }
             "/readyz" if self.snapshots.is_ready() => text(StatusCode::OK, "ready\n"),
-            "/readyz" => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "waiting for the first configuration\n",
-            ),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first configuration\n"),
             "/metrics" => {
                 let mut resp = text(StatusCode::OK, self.metrics.render());
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 resp
             }
             "/debug/snapshot" => {
                 let snapshot = self.snapshots.load();
                 let body = serde_json::to_vec_pretty(&*snapshot).expect("snapshot serializes");
                 let mut resp = Response::new(Full::new(Bytes::from(body)));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 resp
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -81,19 +69,12 @@ impl AdminState {
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
 /// Serves the admin endpoints until `shutdown` completes.
-pub async fn serve_admin(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve_admin(listener: TcpListener, state: Arc<AdminState>, shutdown: impl Future<Output = ()>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -113,9 +94,7 @@ pub async fn serve_admin(
             let state = state.clone();
             async move { Ok::<_, Infallible>(state.respond(&req)) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

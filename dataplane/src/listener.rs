@@ -25,10 +25,7 @@ pub struct ListenerConfig {
 
 impl Default for ListenerConfig {
     fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(25),
-        }
+        Self { header_read_timeout: Duration::from_secs(30), drain_timeout: Duration::from_secs(25) }
     }
 }
 
@@ -43,10 +40,7 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
@@ -65,19 +59,13 @@ pub async fn serve_http(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo {
-            peer,
-            local: stream.local_addr().unwrap_or(peer),
-            tls: false,
-        };
+        let conn_info = ConnInfo { peer, local: stream.local_addr().unwrap_or(peer), tls: false };
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
             async move { proxy.serve(req, conn_info).await }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(err) = conn.await {
@@ -87,10 +75,7 @@ pub async fn serve_http(
     }
     drop(listener);
     tracing::info!(?local, "listener closed; draining connections");
-    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(config.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(?local, timeout = ?config.drain_timeout, "drain deadline reached; closing remaining connections");
     }
 }

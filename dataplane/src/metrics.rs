@@ -4,9 +4,7 @@
 //! `host` is the host a route was *declared* for (never the raw Host header)
 //! and `service` is `namespace/name`.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -22,6 +20,13 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `switchyard_rejected_objects{kind,reason}`, as of the latest compile.
     pub rejected_objects: prometheus::IntGaugeVec,
+    /// `switchyard_config_propagation_seconds`: watch event received →
+    /// snapshot live.
+    pub config_propagation: prometheus::Histogram,
+    /// `switchyard_leader`: 1 while this replica holds the Lease.
+    pub leader: IntGauge,
+    /// `switchyard_status_writes_total{kind,result}`
+    pub status_writes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -46,23 +51,15 @@ impl Metrics {
                 "switchyard_request_duration_seconds",
                 "Time from request received to response headers sent, by backend service.",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ]),
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             &["service"],
         )
         .expect("valid metric");
-        let snapshot_generation = IntGauge::new(
-            "switchyard_snapshot_generation",
-            "Generation of the routing snapshot in force.",
-        )
-        .expect("valid metric");
+        let snapshot_generation =
+            IntGauge::new("switchyard_snapshot_generation", "Generation of the routing snapshot in force.")
+                .expect("valid metric");
         let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "switchyard_config_reloads_total",
-                "Configuration recompilations, by result.",
-            ),
+            Opts::new("switchyard_config_reloads_total", "Configuration recompilations, by result."),
             &["result"],
         )
         .expect("valid metric");
@@ -74,8 +71,26 @@ impl Metrics {
             &["kind", "reason"],
         )
         .expect("valid metric");
+        let config_propagation = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "switchyard_config_propagation_seconds",
+                "Time from a watch event (or file change) received to the snapshot that includes it being live.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )
+        .expect("valid metric");
+        let leader = IntGauge::new("switchyard_leader", "1 while this replica is the leader (writes status).")
+            .expect("valid metric");
+        let status_writes = IntCounterVec::new(
+            Opts::new("switchyard_status_writes_total", "Status writes to the API server, by object kind and result."),
+            &["kind", "result"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_propagation.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(leader.clone()),
+            Box::new(status_writes.clone()),
+            Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(snapshot_generation.clone()),
             Box::new(config_reloads.clone()),
@@ -90,15 +105,16 @@ impl Metrics {
             snapshot_generation,
             config_reloads,
             rejected_objects,
+            config_propagation,
+            leader,
+            status_writes,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

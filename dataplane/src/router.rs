@@ -63,21 +63,14 @@ pub enum RouteError {
     /// Same host, path and type as a route already added; the existing one
     /// (added first, hence preferred) stays.
     #[error("host {host:?} path {path:?} ({kind:?}) is already routed by {existing}")]
-    Conflict {
-        host: String,
-        path: String,
-        kind: PathKind,
-        existing: Arc<str>,
-    },
+    Conflict { host: String, path: String, kind: PathKind, existing: Arc<str> },
 }
 
 impl Router {
     /// Finds the route for a request. `host` is the Host header or the
     /// `:authority` (port allowed); `path` is the request path.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        let vhost = host
-            .and_then(|h| self.vhost_for(h))
-            .or_else(|| self.catch_all.map(|i| &self.vhosts[i]));
+        let vhost = host.and_then(|h| self.vhost_for(h)).or_else(|| self.catch_all.map(|i| &self.vhosts[i]));
         match vhost {
             Some(vh) => vh.match_path(path).or(self.default_backend.as_ref()),
             None => self.default_backend.as_ref(),
@@ -109,9 +102,7 @@ impl Router {
     /// earlier win conflicts, so add them in precedence order.
     pub fn add_route(&mut self, host: Option<&str>, route: Route) -> Result<(), RouteError> {
         if !route.path.starts_with('/') {
-            return Err(RouteError::InvalidPath {
-                path: route.path.to_string(),
-            });
+            return Err(RouteError::InvalidPath { path: route.path.to_string() });
         }
         let idx = match host {
             None => match self.catch_all {
@@ -142,9 +133,7 @@ impl Router {
     fn vhost_index(&mut self, host: &str) -> Result<usize, RouteError> {
         let lower = host.to_ascii_lowercase();
         let lower = lower.trim_end_matches('.');
-        let invalid = || RouteError::InvalidHost {
-            host: host.to_string(),
-        };
+        let invalid = || RouteError::InvalidHost { host: host.to_string() };
         let (map, key) = match lower.strip_prefix("*.") {
             Some(suffix) => (&mut self.wildcard_hosts, suffix),
             None => (&mut self.exact_hosts, lower),
@@ -170,19 +159,9 @@ impl Router {
         for (new, &old) in order.iter().enumerate() {
             remap[old] = new;
         }
-        let mut vhosts: Vec<Option<VirtualHost>> = std::mem::take(&mut self.vhosts)
-            .into_iter()
-            .map(Some)
-            .collect();
-        self.vhosts = order
-            .iter()
-            .map(|&old| vhosts[old].take().expect("each index once"))
-            .collect();
-        for i in self
-            .exact_hosts
-            .values_mut()
-            .chain(self.wildcard_hosts.values_mut())
-        {
+        let mut vhosts: Vec<Option<VirtualHost>> = std::mem::take(&mut self.vhosts).into_iter().map(Some).collect();
+        self.vhosts = order.iter().map(|&old| vhosts[old].take().expect("each index once")).collect();
+        for i in self.exact_hosts.values_mut().chain(self.wildcard_hosts.values_mut()) {
             *i = remap[*i];
         }
         self.catch_all = self.catch_all.map(|i| remap[i]);
@@ -193,12 +172,7 @@ impl Router {
 
 impl VirtualHost {
     fn new(host: &str) -> Self {
-        Self {
-            host: host.into(),
-            routes: Vec::new(),
-            exact: HashMap::new(),
-            prefix: HashMap::new(),
-        }
+        Self { host: host.into(), routes: Vec::new(), exact: HashMap::new(), prefix: HashMap::new() }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -275,9 +249,7 @@ fn valid_dns_name(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })

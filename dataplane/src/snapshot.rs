@@ -67,11 +67,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(
-        id: impl Into<Arc<str>>,
-        service: impl Into<Arc<str>>,
-        endpoints: Vec<Endpoint>,
-    ) -> Self {
+    pub fn new(id: impl Into<Arc<str>>, service: impl Into<Arc<str>>, endpoints: Vec<Endpoint>) -> Self {
         let mut endpoints = endpoints;
         endpoints.sort_by_key(|e| e.addr);
         endpoints.dedup_by_key(|e| e.addr);
@@ -85,11 +81,7 @@ impl Backend {
     }
 
     /// A backend that answers 503 with `reason`.
-    pub fn unavailable(
-        id: impl Into<Arc<str>>,
-        service: impl Into<Arc<str>>,
-        reason: impl Into<Arc<str>>,
-    ) -> Self {
+    pub fn unavailable(id: impl Into<Arc<str>>, service: impl Into<Arc<str>>, reason: impl Into<Arc<str>>) -> Self {
         let mut b = Self::new(id, service, Vec::new());
         b.unavailable = Some(reason.into());
         b
@@ -117,14 +109,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
-        let authority =
-            Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
-        Self {
-            addr,
-            pod: None,
-            zone: None,
-            authority,
-        }
+        let authority = Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
+        Self { addr, pod: None, zone: None, authority }
     }
 }
 

@@ -189,6 +189,8 @@ apiserver_args=(
   --disable-admission-plugins=ServiceAccount
   --endpoint-reconciler-type=none
 )
+# Saved so that restart-apiserver.sh can start the same server again.
+printf '%q ' "$apiserver_bin" "${apiserver_args[@]}" >"$dir/apiserver.cmd"
 start=$(now)
 "$apiserver_bin" "${apiserver_args[@]}" </dev/null >"$dir/kube-apiserver.log" 2>&1 &
 apiserver_pid=$!

@@ -24,9 +24,7 @@ fn ingress(name: &str, rules: &str) -> String {
 }
 
 fn path(path: &str, kind: &str, svc: &str) -> String {
-    format!(
-        "      - {{path: {path}, pathType: {kind}, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}\n"
-    )
+    format!("      - {{path: {path}, pathType: {kind}, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}\n")
 }
 
 /// Services `web` (2 endpoints), `api`, `exact`, `other`, `empty` (no
@@ -61,10 +59,7 @@ async fn host_and_path_routing_merge_default_backend_404_503() {
         path("/", "Prefix", "empty"),
         path("/", "Prefix", "missing"),
     );
-    let merged = format!(
-        "  rules:\n  - host: A.TEST\n    http:\n      paths:\n{}",
-        path("/other", "Prefix", "other")
-    );
+    let merged = format!("  rules:\n  - host: A.TEST\n    http:\n      paths:\n{}", path("/other", "Prefix", "other"));
     let foreign = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: theirs, namespace: shop}\n\
                    spec:\n  ingressClassName: nginx\n  defaultBackend: {service: {name: other, port: {number: 80}}}\n";
     let proxy = Standalone::start(&[
@@ -86,92 +81,44 @@ async fn host_and_path_routing_merge_default_backend_404_503() {
     seen.sort();
     assert_eq!(seen, ["web-1", "web-1", "web-2", "web-2"]);
     // Longest prefix, element-wise.
-    assert_eq!(
-        get(p, "a.test", "/api/users").await.unwrap().backend(),
-        "api-1"
-    );
-    assert!(
-        get(p, "a.test", "/apix")
-            .await
-            .unwrap()
-            .backend()
-            .starts_with("web-")
-    );
+    assert_eq!(get(p, "a.test", "/api/users").await.unwrap().backend(), "api-1");
+    assert!(get(p, "a.test", "/apix").await.unwrap().backend().starts_with("web-"));
     // Exact beats Prefix; Exact is whole-path only.
-    assert_eq!(
-        get(p, "a.test", "/api/exact").await.unwrap().backend(),
-        "exact-1"
-    );
-    assert_eq!(
-        get(p, "a.test", "/api/exact/").await.unwrap().backend(),
-        "api-1"
-    );
+    assert_eq!(get(p, "a.test", "/api/exact").await.unwrap().backend(), "exact-1");
+    assert_eq!(get(p, "a.test", "/api/exact/").await.unwrap().backend(), "api-1");
     // A rule from a second Ingress for the same host (case-insensitive) merges in.
-    assert_eq!(
-        get(p, "a.test:8080", "/other/x").await.unwrap().backend(),
-        "other-1"
-    );
+    assert_eq!(get(p, "a.test:8080", "/other/x").await.unwrap().backend(), "other-1");
     // Wildcard covers exactly one label.
-    assert_eq!(
-        get(p, "shop.wild.test", "/").await.unwrap().backend(),
-        "other-1"
-    );
-    assert_eq!(
-        get(p, "a.b.wild.test", "/").await.unwrap().status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get(p, "shop.wild.test", "/").await.unwrap().backend(), "other-1");
+    assert_eq!(get(p, "a.b.wild.test", "/").await.unwrap().status, StatusCode::NOT_FOUND);
     // No matching host, no default backend (the foreign class's is ignored): 404.
     let r = get(p, "unknown.test", "/").await.unwrap();
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{r:?}");
     // Service without endpoints, and a missing Service: 503 with a reason.
     let r = get(p, "empty.test", "/").await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        r.body.contains("no ready endpoints for service shop/empty"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.contains("no ready endpoints for service shop/empty"), "{}", r.body);
     let r = get(p, "nosvc.test", "/").await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        r.body.contains("service shop/missing not found"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.contains("service shop/missing not found"), "{}", r.body);
 
     // Adding a defaultBackend takes effect live: unknown hosts reach it.
     let default = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: fallback, namespace: shop}\n\
                    spec:\n  ingressClassName: switchyard\n  defaultBackend: {service: {name: api, port: {number: 80}}}\n";
     proxy.write("default.yaml", default);
-    let took = eventually(p, "unknown.test", "/", Duration::from_secs(5), |r| {
-        r.backend() == "api-1"
-    })
-    .await;
+    let took = eventually(p, "unknown.test", "/", Duration::from_secs(5), |r| r.backend() == "api-1").await;
     eprintln!("defaultBackend applied after {took:?}");
     // A known host whose paths do not match also falls to the default backend.
     let r = get(p, "nosvc.test", "/").await.unwrap();
-    assert_eq!(
-        r.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "host rule still owns its paths"
-    );
-    assert_eq!(
-        get(p, "a.b.wild.test", "/").await.unwrap().backend(),
-        "api-1"
-    );
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "host rule still owns its paths");
+    assert_eq!(get(p, "a.b.wild.test", "/").await.unwrap().backend(), "api-1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_is_forwarded_unchanged_with_forwarded_headers() {
-    let rules = format!(
-        "  rules:\n  - host: a.test\n    http:\n      paths:\n{}",
-        path("/", "Prefix", "api")
-    );
-    let proxy = Standalone::start(&[
-        ("backends.yaml", &backends().await),
-        ("main.yaml", &ingress("main", &rules)),
-    ])
-    .await;
+    let rules = format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/", "Prefix", "api"));
+    let proxy =
+        Standalone::start(&[("backends.yaml", &backends().await), ("main.yaml", &ingress("main", &rules))]).await;
     let req = Request::post(format!("http://{}/submit/form?x=1&y=%20z", proxy.http))
         .header("host", "a.test")
         .header("user-agent", "switchyard-e2e/1.0")
@@ -191,57 +138,33 @@ async fn request_is_forwarded_unchanged_with_forwarded_headers() {
     assert_eq!(h["host"], "a.test");
     assert_eq!(h["user-agent"], "switchyard-e2e/1.0");
     assert_eq!(h["x-custom"], "kept");
-    assert_eq!(
-        h["x-forwarded-for"], "127.0.0.1",
-        "client-supplied XFF is not trusted"
-    );
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "client-supplied XFF is not trusted");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "a.test");
-    assert!(
-        h.get("x-hop").is_none(),
-        "a field named in Connection is hop-by-hop: {h}"
-    );
+    assert!(h.get("x-hop").is_none(), "a field named in Connection is hop-by-hop: {h}");
     assert_eq!(r.headers["x-backend"], "api-1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_keepalive_and_inflight_survive_a_live_edit() {
-    let rules = |svc: &str| {
-        format!(
-            "  rules:\n  - host: a.test\n    http:\n      paths:\n{}",
-            path("/", "Prefix", svc)
-        )
-    };
-    let proxy = Standalone::start(&[
-        ("backends.yaml", &backends().await),
-        ("main.yaml", &ingress("main", &rules("api"))),
-    ])
-    .await;
+    let rules =
+        |svc: &str| format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/", "Prefix", svc));
+    let proxy =
+        Standalone::start(&[("backends.yaml", &backends().await), ("main.yaml", &ingress("main", &rules("api")))])
+            .await;
 
     // A WebSocket through the proxy.
     let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("ws://a.test/ws", tcp)
-        .await
-        .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://a.test/ws", tcp).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     ws.send(Message::text("hello")).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::text("api-1:hello")
-    );
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("api-1:hello"));
 
     // An idle keep-alive connection, used once before the edit.
     let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
-    let (mut keepalive, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut keepalive, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);
-    let ka_get = |path: &str| {
-        Request::get(path)
-            .header("host", "a.test")
-            .body(Full::<Bytes>::default())
-            .unwrap()
-    };
+    let ka_get = |path: &str| Request::get(path).header("host", "a.test").body(Full::<Bytes>::default()).unwrap();
     let r = keepalive.send_request(ka_get("/before")).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.into_body().collect().await.unwrap();
@@ -253,31 +176,16 @@ async fn websocket_keepalive_and_inflight_survive_a_live_edit() {
     // The edit: a.test now goes to `other`.
     let started = Instant::now();
     proxy.write("main.yaml", &ingress("main", &rules("other")));
-    let took = eventually(proxy.http, "a.test", "/", Duration::from_secs(5), |r| {
-        r.backend() == "other-1"
-    })
-    .await;
-    eprintln!(
-        "route change served after {took:?} (file written {:?} ago)",
-        started.elapsed()
-    );
-    assert!(
-        took < Duration::from_secs(3),
-        "a manifest change must be served within about a second, took {took:?}"
-    );
+    let took = eventually(proxy.http, "a.test", "/", Duration::from_secs(5), |r| r.backend() == "other-1").await;
+    eprintln!("route change served after {took:?} (file written {:?} ago)", started.elapsed());
+    assert!(took < Duration::from_secs(3), "a manifest change must be served within about a second, took {took:?}");
 
     // Nothing was dropped: the WebSocket still talks to its backend…
     ws.send(Message::text("still there")).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::text("api-1:still there")
-    );
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("api-1:still there"));
     // …the in-flight request completes…
     let r = inflight.await.unwrap().unwrap();
-    assert_eq!(
-        (r.status, r.backend()),
-        (StatusCode::OK, "api-1".to_string())
-    );
+    assert_eq!((r.status, r.backend()), (StatusCode::OK, "api-1".to_string()));
     // …and the idle keep-alive connection serves the new routing.
     let r = keepalive.send_request(ka_get("/after")).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -288,24 +196,14 @@ async fn websocket_keepalive_and_inflight_survive_a_live_edit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_are_streamed_not_buffered() {
-    let rules = format!(
-        "  rules:\n  - host: a.test\n    http:\n      paths:\n{}",
-        path("/", "Prefix", "api")
-    );
-    let proxy = Standalone::start(&[
-        ("backends.yaml", &backends().await),
-        ("main.yaml", &ingress("main", &rules)),
-    ])
-    .await;
+    let rules = format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/", "Prefix", "api"));
+    let proxy =
+        Standalone::start(&[("backends.yaml", &backends().await), ("main.yaml", &ingress("main", &rules))]).await;
     let tcp = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);
-    let req = Request::get("/sse?events=4&interval_ms=300")
-        .header("host", "a.test")
-        .body(Full::<Bytes>::default())
-        .unwrap();
+    let req =
+        Request::get("/sse?events=4&interval_ms=300").header("host", "a.test").body(Full::<Bytes>::default()).unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.into_body();
@@ -320,30 +218,16 @@ async fn server_sent_events_are_streamed_not_buffered() {
     }
     assert_eq!(text.matches("data: api-1 event").count(), 4, "{text}");
     // Events arrive one by one as written, 300 ms apart, not all at the end.
-    assert!(
-        arrivals.len() >= 4,
-        "expected one frame per event, got {arrivals:?}"
-    );
-    assert!(
-        arrivals[arrivals.len() - 1] - arrivals[0] >= Duration::from_millis(600),
-        "{arrivals:?}"
-    );
+    assert!(arrivals.len() >= 4, "expected one frame per event, got {arrivals:?}");
+    assert!(arrivals[arrivals.len() - 1] - arrivals[0] >= Duration::from_millis(600), "{arrivals:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_manifest_keeps_its_last_good_version_and_others_still_apply() {
-    let rules = |svc: &str| {
-        format!(
-            "  rules:\n  - host: a.test\n    http:\n      paths:\n{}",
-            path("/", "Prefix", svc)
-        )
-    };
-    let rules_b = |svc: &str| {
-        format!(
-            "  rules:\n  - host: b.test\n    http:\n      paths:\n{}",
-            path("/", "Prefix", svc)
-        )
-    };
+    let rules =
+        |svc: &str| format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/", "Prefix", svc));
+    let rules_b =
+        |svc: &str| format!("  rules:\n  - host: b.test\n    http:\n      paths:\n{}", path("/", "Prefix", svc));
     let proxy = Standalone::start(&[
         ("backends.yaml", &backends().await),
         ("a.yaml", &ingress("a", &rules("api"))),
@@ -351,134 +235,59 @@ async fn a_broken_manifest_keeps_its_last_good_version_and_others_still_apply() 
     ])
     .await;
     // a.yaml becomes invalid YAML; b.yaml changes validly.
-    proxy.write(
-        "a.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: a\n  broken: [",
-    );
+    proxy.write("a.yaml", "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: a\n  broken: [");
     proxy.write("b.yaml", &ingress("b", &rules_b("other")));
-    eventually(proxy.http, "b.test", "/", Duration::from_secs(5), |r| {
-        r.backend() == "other-1"
-    })
-    .await;
-    assert_eq!(
-        get(proxy.http, "a.test", "/").await.unwrap().backend(),
-        "api-1",
-        "last good a.yaml stays in force"
-    );
+    eventually(proxy.http, "b.test", "/", Duration::from_secs(5), |r| r.backend() == "other-1").await;
+    assert_eq!(get(proxy.http, "a.test", "/").await.unwrap().backend(), "api-1", "last good a.yaml stays in force");
     // An object that does not fit its type is refused the same way.
     proxy.write("a.yaml", &ingress("a", "  rules: 7\n"));
     proxy.write("b.yaml", &ingress("b", &rules_b("web")));
-    eventually(proxy.http, "b.test", "/", Duration::from_secs(5), |r| {
-        r.backend().starts_with("web-")
-    })
-    .await;
-    assert_eq!(
-        get(proxy.http, "a.test", "/").await.unwrap().backend(),
-        "api-1"
-    );
+    eventually(proxy.http, "b.test", "/", Duration::from_secs(5), |r| r.backend().starts_with("web-")).await;
+    assert_eq!(get(proxy.http, "a.test", "/").await.unwrap().backend(), "api-1");
     let log = proxy.log_text();
-    assert!(
-        log.contains("a.yaml") && log.contains("invalid manifest"),
-        "log must name the file:\n{log}"
-    );
-    assert!(
-        log.contains("Ingress shop/a"),
-        "log must name the object:\n{log}"
-    );
+    assert!(log.contains("a.yaml") && log.contains("invalid manifest"), "log must name the file:\n{log}");
+    assert!(log.contains("Ingress shop/a"), "log must name the object:\n{log}");
     // Fixing the file applies it.
     proxy.write("a.yaml", &ingress("a", &rules("other")));
-    eventually(proxy.http, "a.test", "/", Duration::from_secs(5), |r| {
-        r.backend() == "other-1"
-    })
-    .await;
+    eventually(proxy.http, "a.test", "/", Duration::from_secs(5), |r| r.backend() == "other-1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_report_health_metrics_and_snapshot() {
-    let rules = format!(
-        "  rules:\n  - host: a.test\n    http:\n      paths:\n{}",
-        path("/api", "Prefix", "api")
-    );
-    let proxy = Standalone::start(&[
-        ("backends.yaml", &backends().await),
-        ("main.yaml", &ingress("main", &rules)),
-    ])
-    .await;
-    assert_eq!(
-        get(proxy.http, "a.test", "/api").await.unwrap().status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get(proxy.http, "a.test", "/nope").await.unwrap().status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        get(proxy.admin, "x", "/healthz").await.unwrap().status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get(proxy.admin, "x", "/readyz").await.unwrap().status,
-        StatusCode::OK
-    );
+    let rules = format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/api", "Prefix", "api"));
+    let proxy =
+        Standalone::start(&[("backends.yaml", &backends().await), ("main.yaml", &ingress("main", &rules))]).await;
+    assert_eq!(get(proxy.http, "a.test", "/api").await.unwrap().status, StatusCode::OK);
+    assert_eq!(get(proxy.http, "a.test", "/nope").await.unwrap().status, StatusCode::NOT_FOUND);
+    assert_eq!(get(proxy.admin, "x", "/healthz").await.unwrap().status, StatusCode::OK);
+    assert_eq!(get(proxy.admin, "x", "/readyz").await.unwrap().status, StatusCode::OK);
     let metrics = get(proxy.admin, "x", "/metrics").await.unwrap().body;
     assert!(
-        metrics.contains(
-            r#"switchyard_requests_total{code="200",host="a.test",service="shop/api"} 1"#
-        ),
+        metrics.contains(r#"switchyard_requests_total{code="200",host="a.test",service="shop/api"} 1"#),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(r#"switchyard_requests_total{code="404",host="",service=""} 1"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"switchyard_request_duration_seconds_count{service="shop/api"} 1"#),
-        "{metrics}"
-    );
-    let snapshot = get(proxy.admin, "x", "/debug/snapshot")
-        .await
-        .unwrap()
-        .json();
+    assert!(metrics.contains(r#"switchyard_requests_total{code="404",host="",service=""} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"switchyard_request_duration_seconds_count{service="shop/api"} 1"#), "{metrics}");
+    let snapshot = get(proxy.admin, "x", "/debug/snapshot").await.unwrap().json();
     assert_eq!(snapshot["router"]["vhosts"][0]["host"], "a.test");
     assert_eq!(snapshot["router"]["vhosts"][0]["routes"][0]["path"], "/api");
-    let backend = snapshot["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["id"] == "shop/api:80")
-        .unwrap();
+    let backend = snapshot["backends"].as_array().unwrap().iter().find(|b| b["id"] == "shop/api:80").unwrap();
     assert_eq!(backend["endpoints"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_inflight_requests_then_exits_zero() {
-    let rules = format!(
-        "  rules:\n  - host: a.test\n    http:\n      paths:\n{}",
-        path("/", "Prefix", "api")
-    );
-    let mut proxy = Standalone::start(&[
-        ("backends.yaml", &backends().await),
-        ("main.yaml", &ingress("main", &rules)),
-    ])
-    .await;
+    let rules = format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/", "Prefix", "api"));
+    let mut proxy =
+        Standalone::start(&[("backends.yaml", &backends().await), ("main.yaml", &ingress("main", &rules))]).await;
     let inflight = tokio::spawn(get(proxy.http, "a.test", "/slow?delay_ms=1000"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     proxy.signal("TERM");
     let r = inflight.await.unwrap().unwrap();
-    assert_eq!(
-        (r.status, r.backend()),
-        (StatusCode::OK, "api-1".to_string())
-    );
+    assert_eq!((r.status, r.backend()), (StatusCode::OK, "api-1".to_string()));
     let status = proxy.wait_exit(Duration::from_secs(10)).await;
-    assert!(
-        status.success(),
-        "exit status {status:?}\n{}",
-        proxy.log_text()
-    );
-    assert!(
-        tokio::net::TcpStream::connect(proxy.http).await.is_err(),
-        "listener closed after shutdown"
-    );
+    assert!(status.success(), "exit status {status:?}\n{}", proxy.log_text());
+    assert!(tokio::net::TcpStream::connect(proxy.http).await.is_err(), "listener closed after shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,15 +295,8 @@ async fn upstream_connect_failure_is_502() {
     // An endpoint nobody listens on.
     let dead = free_addr();
     let yaml = service(NS, "dead") + &endpoint_slice(NS, "dead", &[("dead-1".to_string(), dead)]);
-    let rules = format!(
-        "  rules:\n  - host: a.test\n    http:\n      paths:\n{}",
-        path("/", "Prefix", "dead")
-    );
-    let proxy = Standalone::start(&[
-        ("backends.yaml", &yaml),
-        ("main.yaml", &ingress("main", &rules)),
-    ])
-    .await;
+    let rules = format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/", "Prefix", "dead"));
+    let proxy = Standalone::start(&[("backends.yaml", &yaml), ("main.yaml", &ingress("main", &rules))]).await;
     let r = get(proxy.http, "a.test", "/").await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{r:?}");
     assert!(r.body.contains("upstream connect error"));
@@ -502,22 +304,13 @@ async fn upstream_connect_failure_is_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_timeout_is_504() {
-    let rules = format!(
-        "  rules:\n  - host: a.test\n    http:\n      paths:\n{}",
-        path("/", "Prefix", "api")
-    );
+    let rules = format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/", "Prefix", "api"));
     let proxy = Standalone::start_with(
-        &[
-            ("backends.yaml", &backends().await),
-            ("main.yaml", &ingress("main", &rules)),
-        ],
+        &[("backends.yaml", &backends().await), ("main.yaml", &ingress("main", &rules))],
         &["--upstream-timeout", "300ms"],
     )
     .await;
     let r = get(proxy.http, "a.test", "/?delay_ms=3000").await.unwrap();
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{r:?}");
-    assert_eq!(
-        get(proxy.http, "a.test", "/fast").await.unwrap().status,
-        StatusCode::OK
-    );
+    assert_eq!(get(proxy.http, "a.test", "/fast").await.unwrap().status, StatusCode::OK);
 }

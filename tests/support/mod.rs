@@ -14,29 +14,27 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+#[allow(unused_imports)]
 pub use switchyard_controller::demo::endpoint_slice;
+
+pub mod cluster;
+pub mod netns;
 
 /// A free loopback port (bound then released).
 pub fn free_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// Starts an in-process echo backend named `name` on a free loopback port.
 pub async fn start_echo(name: &str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(switchyard_controller::demo::echo::serve(
-        listener,
-        name.to_string(),
-    ));
+    tokio::spawn(switchyard_controller::demo::echo::serve(listener, name.to_string()));
     addr
 }
 
-/// A `switchyard standalone` process on free ports, killed on drop.
-pub struct Standalone {
+/// A `switchyard` process (standalone or run) on free ports, killed on drop.
+pub struct Switchyard {
     pub child: Option<Child>,
     pub http: SocketAddr,
     pub admin: SocketAddr,
@@ -44,7 +42,10 @@ pub struct Standalone {
     pub log: PathBuf,
 }
 
-impl Standalone {
+/// The standalone-mode spelling of [`Switchyard`].
+pub type Standalone = Switchyard;
+
+impl Switchyard {
     /// Starts the binary on a fresh manifest directory holding `files`, and
     /// waits for `/readyz`.
     pub async fn start(files: &[(&str, &str)]) -> Self {
@@ -57,42 +58,39 @@ impl Standalone {
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
+        let mut args = vec!["standalone".to_string(), "--manifests".to_string(), dir.path().display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(dir, args, true).await
+    }
+
+    /// Starts `switchyard run` against the test cluster with `extra` flags.
+    /// With `wait_ready`, returns once `/readyz` answers 200.
+    pub async fn start_run(kubeconfig: &Path, extra: &[&str], wait_ready: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["run".to_string(), "--kubeconfig".to_string(), kubeconfig.display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(dir, args, wait_ready).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, args: Vec<String>, wait_ready: bool) -> Self {
         let (http, admin) = (free_addr(), free_addr());
         let log = dir.path().join("switchyard.log.txt");
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["standalone", "--manifests"])
-            .arg(dir.path())
-            .args([
-                "--http-addr",
-                &http.to_string(),
-                "--admin-addr",
-                &admin.to_string(),
-                "--workers",
-                "2",
-            ])
-            .args([
-                "--drain-timeout",
-                "10s",
-                "--log",
-                "info,switchyard_controller=debug",
-            ])
-            .args(extra)
+            .args(&args)
+            .args(["--http-addr", &http.to_string(), "--admin-addr", &admin.to_string(), "--workers", "2"])
+            .args(["--drain-timeout", "10s", "--log", "info,switchyard_controller=debug"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn switchyard");
-        let me = Self {
-            child: Some(child),
-            http,
-            admin,
-            dir,
-            log,
-        };
-        me.wait_ready().await;
+        let me = Self { child: Some(child), http, admin, dir, log };
+        if wait_ready {
+            me.wait_ready().await;
+        }
         me
     }
 
-    async fn wait_ready(&self) {
+    pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = get(self.admin, "admin", "/readyz").await
@@ -100,11 +98,7 @@ impl Standalone {
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "switchyard not ready in 20s; log:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "switchyard not ready in 20s; log:\n{}", self.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -129,10 +123,7 @@ impl Standalone {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
         assert!(ok.success());
     }
 
@@ -144,16 +135,13 @@ impl Standalone {
                 self.child = None;
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "switchyard did not exit in {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "switchyard did not exit in {timeout:?}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 }
 
-impl Drop for Standalone {
+impl Drop for Switchyard {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -185,31 +173,19 @@ impl Reply {
 }
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build_http()
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http()
 }
 
 /// `GET http://{addr}{path}` with `Host: {host}`.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
-    send(
-        addr,
-        Request::get(format!("http://{addr}{path}"))
-            .header("host", host)
-            .body(Full::default())?,
-    )
-    .await
+    send(addr, Request::get(format!("http://{addr}{path}")).header("host", host).body(Full::default())?).await
 }
 
 pub async fn send(_addr: SocketAddr, req: Request<Full<Bytes>>) -> anyhow::Result<Reply> {
     let resp = tokio::time::timeout(Duration::from_secs(15), client().request(req)).await??;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Ok(Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// Polls until `check` holds for a GET (at most `timeout`), returning how
@@ -241,4 +217,30 @@ pub fn service(namespace: &str, name: &str) -> String {
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
          spec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
     )
+}
+
+/// The value of the first sample of `/metrics` on `admin` whose line starts
+/// with `series` (metric name with its labels, e.g. `switchyard_leader`).
+pub async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    let text = get(admin, "admin", "/metrics").await.ok()?.body;
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, at most `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -35,25 +35,11 @@ impl<'w> Backends<'w> {
     pub(super) fn new(world: &'w World) -> Self {
         let mut slices_by_service: HashMap<_, Vec<_>> = HashMap::new();
         for (key, slice) in &world.endpoint_slices {
-            if let Some(svc) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            {
-                slices_by_service
-                    .entry((key.namespace.as_str(), svc.as_str()))
-                    .or_default()
-                    .push(slice);
+            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                slices_by_service.entry((key.namespace.as_str(), svc.as_str())).or_default().push(slice);
             }
         }
-        Self {
-            world,
-            slices_by_service,
-            index: HashMap::new(),
-            built: Vec::new(),
-            failures: HashMap::new(),
-        }
+        Self { world, slices_by_service, index: HashMap::new(), built: Vec::new(), failures: HashMap::new() }
     }
 
     /// The index of the backend for `svc` in `namespace`, building it on
@@ -66,10 +52,7 @@ impl<'w> Backends<'w> {
         diagnostics: &mut Vec<Diagnostic>,
     ) -> usize {
         let port = svc.port.as_ref();
-        let port_label = match (
-            port.and_then(|p| p.number),
-            port.and_then(|p| p.name.as_deref()),
-        ) {
+        let port_label = match (port.and_then(|p| p.number), port.and_then(|p| p.name.as_deref())) {
             (Some(n), _) => n.to_string(),
             (None, Some(name)) => name.to_string(),
             (None, None) => String::new(),
@@ -83,11 +66,7 @@ impl<'w> Backends<'w> {
             return i;
         }
         let service_label = format!("{namespace}/{}", svc.name);
-        let backend = match self
-            .world
-            .services
-            .get(&ObjectKey::new(namespace, svc.name.clone()))
-        {
+        let backend = match self.world.services.get(&ObjectKey::new(namespace, svc.name.clone())) {
             None => {
                 let msg = format!("service {service_label} not found");
                 self.fail(referrer, Reason::ServiceNotFound, &msg, diagnostics);
@@ -101,8 +80,7 @@ impl<'w> Backends<'w> {
                 }
                 Some(sp) => {
                     let slices = self.slices_by_service.get(&(namespace, svc.name.as_str()));
-                    let endpoints =
-                        endpoints_for(sp, slices.map(Vec::as_slice).unwrap_or_default());
+                    let endpoints = endpoints_for(sp, slices.map(Vec::as_slice).unwrap_or_default());
                     Backend::new(id.clone(), service_label, endpoints)
                 }
             },
@@ -113,16 +91,9 @@ impl<'w> Backends<'w> {
     }
 
     /// Records why the backend about to be built is unavailable.
-    fn fail(
-        &mut self,
-        referrer: &ObjectKey,
-        reason: Reason,
-        msg: &str,
-        diagnostics: &mut Vec<Diagnostic>,
-    ) {
+    fn fail(&mut self, referrer: &ObjectKey, reason: Reason, msg: &str, diagnostics: &mut Vec<Diagnostic>) {
         diagnostics.push(Diagnostic::new("Ingress", referrer, reason, msg));
-        self.failures
-            .insert(self.built.len(), (reason, msg.to_string()));
+        self.failures.insert(self.built.len(), (reason, msg.to_string()));
     }
 
     pub(super) fn into_vec(self) -> Vec<Backend> {
@@ -130,16 +101,10 @@ impl<'w> Backends<'w> {
     }
 }
 
-fn find_service_port<'s>(
-    service: &'s Service,
-    backend: &IngressServiceBackend,
-) -> Option<&'s ServicePort> {
+fn find_service_port<'s>(service: &'s Service, backend: &IngressServiceBackend) -> Option<&'s ServicePort> {
     let ports = service.spec.as_ref()?.ports.as_ref()?;
     let wanted = backend.port.as_ref();
-    match (
-        wanted.and_then(|p| p.number),
-        wanted.and_then(|p| p.name.as_deref()),
-    ) {
+    match (wanted.and_then(|p| p.number), wanted.and_then(|p| p.name.as_deref())) {
         (Some(n), _) => ports.iter().find(|p| p.port == n),
         (None, Some(name)) => ports.iter().find(|p| p.name.as_deref() == Some(name)),
         // No port given: a single-port Service is unambiguous.
@@ -157,10 +122,9 @@ fn endpoints_for(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint>
             continue;
         }
         let slice_port = match slice.ports.as_deref() {
-            Some(ports) if !ports.is_empty() => ports
-                .iter()
-                .find(|p| p.name.as_deref().unwrap_or("") == port_name)
-                .and_then(|p| p.port),
+            Some(ports) if !ports.is_empty() => {
+                ports.iter().find(|p| p.name.as_deref().unwrap_or("") == port_name).and_then(|p| p.port)
+            }
             // A slice without ports: fall back to a numeric targetPort.
             _ => match &port.target_port {
                 Some(IntOrString::Int(n)) => Some(*n),
@@ -168,10 +132,7 @@ fn endpoints_for(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint>
                 Some(IntOrString::String(_)) => None,
             },
         };
-        let Some(number) = slice_port
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|&n| n != 0)
-        else {
+        let Some(number) = slice_port.and_then(|n| u16::try_from(n).ok()).filter(|&n| n != 0) else {
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
@@ -179,11 +140,7 @@ fn endpoints_for(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint>
             if !ready {
                 continue;
             }
-            let pod = ep
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| r.name.clone());
+            let pod = ep.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| r.name.clone());
             for address in &ep.addresses {
                 let Ok(ip) = address.parse::<IpAddr>() else {
                     continue;

@@ -35,18 +35,9 @@ impl Default for ClassConfig {
 impl ClassConfig {
     /// True when `ingress` should be served by us.
     pub fn is_ours(&self, ingress: &Ingress, world: &World) -> bool {
-        let named = ingress
-            .spec
-            .as_ref()
-            .and_then(|s| s.ingress_class_name.as_deref())
-            .or_else(|| {
-                ingress
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(CLASS_ANNOTATION))
-                    .map(String::as_str)
-            });
+        let named = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()).or_else(|| {
+            ingress.metadata.annotations.as_ref().and_then(|a| a.get(CLASS_ANNOTATION)).map(String::as_str)
+        });
         match named {
             Some(name) => self.class_is_ours(name, world),
             None => self.watch_without_class || self.default_class_is_ours(world),
@@ -57,10 +48,7 @@ impl ClassConfig {
     /// when no IngressClass of that name exists, when it is `--ingress-class`.
     fn class_is_ours(&self, name: &str, world: &World) -> bool {
         match world.ingress_classes.get(name) {
-            Some(class) => {
-                class.spec.as_ref().and_then(|s| s.controller.as_deref())
-                    == Some(&*self.controller_name)
-            }
+            Some(class) => class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(&*self.controller_name),
             None => name == self.ingress_class,
         }
     }
@@ -73,9 +61,7 @@ impl ClassConfig {
                 .as_ref()
                 .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
                 .is_some_and(|v| v == "true");
-            is_default
-                && class.spec.as_ref().and_then(|s| s.controller.as_deref())
-                    == Some(&*self.controller_name)
+            is_default && class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(&*self.controller_name)
         })
     }
 }
@@ -90,14 +76,10 @@ mod tests {
         Ingress {
             metadata: ObjectMeta {
                 name: Some("i".into()),
-                annotations: annotation
-                    .map(|a| [(CLASS_ANNOTATION.to_string(), a.to_string())].into()),
+                annotations: annotation.map(|a| [(CLASS_ANNOTATION.to_string(), a.to_string())].into()),
                 ..Default::default()
             },
-            spec: Some(IngressSpec {
-                ingress_class_name: class.map(Into::into),
-                ..Default::default()
-            }),
+            spec: Some(IngressSpec { ingress_class_name: class.map(Into::into), ..Default::default() }),
             ..Default::default()
         }
     }
@@ -106,14 +88,10 @@ mod tests {
         IngressClass {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                annotations: default
-                    .then(|| [(DEFAULT_CLASS_ANNOTATION.to_string(), "true".to_string())].into()),
+                annotations: default.then(|| [(DEFAULT_CLASS_ANNOTATION.to_string(), "true".to_string())].into()),
                 ..Default::default()
             },
-            spec: Some(IngressClassSpec {
-                controller: Some(controller.into()),
-                ..Default::default()
-            }),
+            spec: Some(IngressClassSpec { controller: Some(controller.into()), ..Default::default() }),
         }
     }
 
@@ -127,35 +105,20 @@ mod tests {
         assert!(!cfg.is_ours(&mk_ingress(Some("nginx"), None), &world));
         assert!(!cfg.is_ours(&mk_ingress(None, None), &world));
         // A class of another name that names our controller is ours too.
-        world.ingress_classes.insert(
-            "edge".into(),
-            mk_class("edge", "switchyard.dev/ingress-controller", false),
-        );
-        world.ingress_classes.insert(
-            "nginx".into(),
-            mk_class("nginx", "k8s.io/ingress-nginx", true),
-        );
+        world.ingress_classes.insert("edge".into(), mk_class("edge", "switchyard.dev/ingress-controller", false));
+        world.ingress_classes.insert("nginx".into(), mk_class("nginx", "k8s.io/ingress-nginx", true));
         assert!(cfg.is_ours(&mk_ingress(Some("edge"), None), &world));
         assert!(!cfg.is_ours(&mk_ingress(Some("nginx"), None), &world));
         // The default class is someone else's.
         assert!(!cfg.is_ours(&mk_ingress(None, None), &world));
-        world.ingress_classes.insert(
-            "edge".into(),
-            mk_class("edge", "switchyard.dev/ingress-controller", true),
-        );
+        world.ingress_classes.insert("edge".into(), mk_class("edge", "switchyard.dev/ingress-controller", true));
         assert!(cfg.is_ours(&mk_ingress(None, None), &world));
         // --watch-ingress-without-class
-        let cfg = ClassConfig {
-            watch_without_class: true,
-            ..ClassConfig::default()
-        };
+        let cfg = ClassConfig { watch_without_class: true, ..ClassConfig::default() };
         assert!(cfg.is_ours(&mk_ingress(None, None), &World::default()));
         // A class named like ours but owned by another controller is not ours.
         let mut world = World::default();
-        world.ingress_classes.insert(
-            "switchyard".into(),
-            mk_class("switchyard", "other.io/ctrl", false),
-        );
+        world.ingress_classes.insert("switchyard".into(), mk_class("switchyard", "other.io/ctrl", false));
         assert!(!cfg.is_ours(&mk_ingress(Some("switchyard"), None), &world));
     }
 }

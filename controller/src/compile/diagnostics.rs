@@ -55,17 +55,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn new(
-        kind: &'static str,
-        object: &ObjectKey,
-        reason: Reason,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            kind,
-            object: object.clone(),
-            reason,
-            message: message.into(),
-        }
+    pub fn new(kind: &'static str, object: &ObjectKey, reason: Reason, message: impl Into<String>) -> Self {
+        Self { kind, object: object.clone(), reason, message: message.into() }
     }
 }

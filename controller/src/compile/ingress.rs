@@ -25,13 +25,8 @@ pub(super) fn add_ingress(
     if let Some(default) = &spec.default_backend
         && let Some(backend) = resolve(key, default, backends, diagnostics)
     {
-        let route = Route {
-            host: "*".into(),
-            path: "".into(),
-            kind: PathKind::Prefix,
-            backend,
-            source: source.clone(),
-        };
+        let route =
+            Route { host: "*".into(), path: "".into(), kind: PathKind::Prefix, backend, source: source.clone() };
         if let Err(existing) = router.set_default_backend(route) {
             diagnostics.push(Diagnostic::new(
                 KIND,
@@ -55,25 +50,14 @@ pub(super) fn add_ingress(
             let Some(backend) = resolve(key, &p.backend, backends, diagnostics) else {
                 continue;
             };
-            let route = Route {
-                host: "".into(),
-                path: path.into(),
-                kind,
-                backend,
-                source: source.clone(),
-            };
+            let route = Route { host: "".into(), path: path.into(), kind, backend, source: source.clone() };
             if let Err(err) = router.add_route(host, route) {
                 let reason = match err {
                     RouteError::InvalidHost { .. } => Reason::InvalidHost,
                     RouteError::InvalidPath { .. } => Reason::InvalidPath,
                     RouteError::Conflict { .. } => Reason::RouteConflict,
                 };
-                diagnostics.push(Diagnostic::new(
-                    KIND,
-                    key,
-                    reason,
-                    format!("rule ignored: {err}"),
-                ));
+                diagnostics.push(Diagnostic::new(KIND, key, reason, format!("rule ignored: {err}")));
             }
         }
     }

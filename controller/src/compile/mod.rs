@@ -37,11 +37,7 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
     let mut backends = backend::Backends::new(world);
     let mut router = Router::default();
 
-    let mut ours: Vec<_> = world
-        .ingresses
-        .iter()
-        .filter(|(_, ing)| classes.is_ours(ing, world))
-        .collect();
+    let mut ours: Vec<_> = world.ingresses.iter().filter(|(_, ing)| classes.is_ours(ing, world)).collect();
     ours.sort_by(|(ka, a), (kb, b)| {
         let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -60,11 +56,7 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
     let mut served_ingresses: Vec<ObjectKey> = ours.into_iter().map(|(k, _)| k.clone()).collect();
     served_ingresses.sort();
     Compiled {
-        snapshot: Snapshot {
-            generation: 0,
-            router,
-            backends: backends.into_vec(),
-        },
+        snapshot: Snapshot { generation: 0, router, backends: backends.into_vec() },
         diagnostics,
         served_ingresses,
     }

@@ -11,18 +11,12 @@ const KIND: &str = "BalancerPolicy";
 pub(super) fn check_policies(world: &World, diagnostics: &mut Vec<Diagnostic>) {
     for (key, policy) in &world.policies {
         let spec = &policy.spec;
-        if !world.services.contains_key(&ObjectKey::new(
-            key.namespace.clone(),
-            spec.target_ref.name.clone(),
-        )) {
+        if !world.services.contains_key(&ObjectKey::new(key.namespace.clone(), spec.target_ref.name.clone())) {
             diagnostics.push(Diagnostic::new(
                 KIND,
                 key,
                 Reason::TargetNotFound,
-                format!(
-                    "target Service {}/{} not found",
-                    key.namespace, spec.target_ref.name
-                ),
+                format!("target Service {}/{} not found", key.namespace, spec.target_ref.name),
             ));
         }
         if spec.algorithm != Algorithm::RoundRobin {
@@ -30,17 +24,10 @@ pub(super) fn check_policies(world: &World, diagnostics: &mut Vec<Diagnostic>) {
                 KIND,
                 key,
                 Reason::NotImplemented,
-                format!(
-                    "algorithm {:?} is not implemented yet; RoundRobin is used",
-                    spec.algorithm
-                ),
+                format!("algorithm {:?} is not implemented yet; RoundRobin is used", spec.algorithm),
             ));
         }
-        if spec
-            .session_affinity
-            .as_ref()
-            .is_some_and(|a| a.kind == AffinityType::Cookie)
-        {
+        if spec.session_affinity.as_ref().is_some_and(|a| a.kind == AffinityType::Cookie) {
             diagnostics.push(Diagnostic::new(
                 KIND,
                 key,

@@ -19,17 +19,11 @@ fn compiled(yaml: &str) -> Compiled {
 fn target(c: &Compiled, host: &str, path: &str) -> Option<(String, Vec<String>)> {
     let route = c.snapshot.router.route(Some(host), path)?;
     let b = &c.snapshot.backends[route.backend];
-    Some((
-        b.id.to_string(),
-        b.endpoints.iter().map(|e| e.addr.to_string()).collect(),
-    ))
+    Some((b.id.to_string(), b.endpoints.iter().map(|e| e.addr.to_string()).collect()))
 }
 
 fn reasons(c: &Compiled) -> Vec<(String, Reason)> {
-    c.diagnostics
-        .iter()
-        .map(|d| (d.object.to_string(), d.reason))
-        .collect()
+    c.diagnostics.iter().map(|d| (d.object.to_string(), d.reason)).collect()
 }
 
 const SERVICE_AND_SLICES: &str = r#"
@@ -90,21 +84,11 @@ spec:
     assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
     assert_eq!(
         target(&c, "shop.test", "/cart"),
-        Some((
-            "shop/web:80".into(),
-            vec![
-                "10.0.0.1:8080".into(),
-                "10.0.0.3:8080".into(),
-                "[fd00::1]:8081".into()
-            ]
-        ))
+        Some(("shop/web:80".into(), vec!["10.0.0.1:8080".into(), "10.0.0.3:8080".into(), "[fd00::1]:8081".into()]))
     );
     assert_eq!(
         target(&c, "shop.test", "/metrics"),
-        Some((
-            "shop/web:metrics".into(),
-            vec!["10.0.0.1:9100".into(), "10.0.0.3:9100".into()]
-        ))
+        Some(("shop/web:metrics".into(), vec!["10.0.0.1:9100".into(), "10.0.0.3:9100".into()]))
     );
     assert_eq!(c.served_ingresses, [ObjectKey::new("shop", "shop")]);
 }
@@ -128,18 +112,9 @@ spec:
 "#
     ));
     let nosvc = c.snapshot.router.route(None, "/nosvc").unwrap();
-    assert_eq!(
-        c.snapshot.backends[nosvc.backend].unavailable.as_deref(),
-        Some("service shop/nope not found")
-    );
+    assert_eq!(c.snapshot.backends[nosvc.backend].unavailable.as_deref(), Some("service shop/nope not found"));
     let noport = c.snapshot.router.route(None, "/noport").unwrap();
-    assert!(
-        c.snapshot.backends[noport.backend]
-            .unavailable
-            .as_deref()
-            .unwrap()
-            .contains("has no port \"81\"")
-    );
+    assert!(c.snapshot.backends[noport.backend].unavailable.as_deref().unwrap().contains("has no port \"81\""));
     assert_eq!(target(&c, "x", "/ok").unwrap().1.len(), 3);
     assert_eq!(
         reasons(&c),
@@ -151,9 +126,7 @@ spec:
 }
 
 fn mk_ingress(name: &str, created: Option<&str>, host: &str, path: &str, svc: &str) -> String {
-    let ts = created
-        .map(|t| format!(", creationTimestamp: \"{t}\""))
-        .unwrap_or_default();
+    let ts = created.map(|t| format!(", creationTimestamp: \"{t}\"")).unwrap_or_default();
     format!(
         "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: default{ts}}}\n\
          spec:\n  ingressClassName: switchyard\n  rules:\n  - host: {host}\n    http:\n      paths:\n      \
@@ -165,13 +138,7 @@ fn mk_ingress(name: &str, created: Option<&str>, host: &str, path: &str, svc: &s
 fn rules_of_several_ingresses_merge_and_the_oldest_wins_a_conflict() {
     let yaml = [
         mk_ingress("zeta", Some("2026-01-01T00:00:00Z"), "a.test", "/x", "old"),
-        mk_ingress(
-            "alpha",
-            Some("2026-02-01T00:00:00Z"),
-            "a.test",
-            "/x/",
-            "new",
-        ),
+        mk_ingress("alpha", Some("2026-02-01T00:00:00Z"), "a.test", "/x/", "new"),
         mk_ingress("beta", Some("2026-02-01T00:00:00Z"), "a.test", "/y", "y"),
         mk_ingress("gamma", None, "A.TEST", "/z", "z"),
     ]
@@ -180,24 +147,15 @@ fn rules_of_several_ingresses_merge_and_the_oldest_wins_a_conflict() {
     assert_eq!(target(&c, "a.test", "/x/1").unwrap().0, "default/old:80");
     assert_eq!(target(&c, "a.test", "/y").unwrap().0, "default/y:80");
     assert_eq!(target(&c, "a.test", "/z").unwrap().0, "default/z:80");
-    let conflicts: Vec<_> = reasons(&c)
-        .into_iter()
-        .filter(|(_, r)| *r == Reason::RouteConflict)
-        .collect();
-    assert_eq!(
-        conflicts,
-        [("default/alpha".to_string(), Reason::RouteConflict)]
-    );
+    let conflicts: Vec<_> = reasons(&c).into_iter().filter(|(_, r)| *r == Reason::RouteConflict).collect();
+    assert_eq!(conflicts, [("default/alpha".to_string(), Reason::RouteConflict)]);
     // Equal timestamps: namespace/name decides.
     let yaml = [
         mk_ingress("b", Some("2026-01-01T00:00:00Z"), "a.test", "/", "from-b"),
         mk_ingress("a", Some("2026-01-01T00:00:00Z"), "a.test", "/", "from-a"),
     ]
     .concat();
-    assert_eq!(
-        target(&compiled(&yaml), "a.test", "/").unwrap().0,
-        "default/from-a:80"
-    );
+    assert_eq!(target(&compiled(&yaml), "a.test", "/").unwrap().0, "default/from-a:80");
 }
 
 #[test]
@@ -228,24 +186,11 @@ spec:
 "#;
     let c = compiled(yaml);
     assert_eq!(c.served_ingresses, [ObjectKey::new("default", "mixed")]);
-    assert!(
-        c.snapshot
-            .router
-            .route(Some("a.test"), "/")
-            .is_some_and(|r| r.source.as_ref() == "default/mixed")
-    );
+    assert!(c.snapshot.router.route(Some("a.test"), "/").is_some_and(|r| r.source.as_ref() == "default/mixed"));
     assert_eq!(target(&c, "b.test", "/good/x").unwrap().0, "default/s:80");
     let mut got: Vec<_> = reasons(&c).into_iter().map(|(_, r)| r).collect();
     got.dedup();
-    assert_eq!(
-        got,
-        [
-            Reason::InvalidHost,
-            Reason::InvalidPath,
-            Reason::UnsupportedBackend,
-            Reason::ServiceNotFound
-        ]
-    );
+    assert_eq!(got, [Reason::InvalidHost, Reason::InvalidPath, Reason::UnsupportedBackend, Reason::ServiceNotFound]);
 }
 
 #[test]

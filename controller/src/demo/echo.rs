@@ -39,39 +39,22 @@ pub async fn serve(listener: TcpListener, name: impl Into<Arc<str>>) {
         let _ = stream.set_nodelay(true);
         let name = name.clone();
         let service = service_fn(move |req| handle(name.clone(), req));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
     }
 }
 
-async fn handle(
-    name: Arc<str>,
-    mut req: Request<Incoming>,
-) -> Result<Response<EchoBody>, Infallible> {
+async fn handle(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    if let Some(n) = path
-        .strip_prefix("/bytes/")
-        .and_then(|n| n.parse::<usize>().ok())
-    {
-        return Ok(plain(
-            StatusCode::OK,
-            Bytes::from(vec![b'x'; n.min(64 << 20)]),
-        ));
+    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        return Ok(plain(StatusCode::OK, Bytes::from(vec![b'x'; n.min(64 << 20)])));
     }
-    if let Some(code) = path
-        .strip_prefix("/status/")
-        .and_then(|c| c.parse::<u16>().ok())
-    {
+    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
-        return Ok(plain(
-            status,
-            Bytes::from(format!("{name}: status {code}\n")),
-        ));
+        return Ok(plain(status, Bytes::from(format!("{name}: status {code}\n"))));
     }
     if path == "/ws" && req.headers().contains_key(header::SEC_WEBSOCKET_KEY) {
         return Ok(websocket(name, &mut req));
@@ -87,21 +70,11 @@ async fn handle(
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
         .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let echo = serde_json::json!({
         "backend": &*name,
         "method": method,
@@ -110,30 +83,19 @@ async fn handle(
         "body_len": body.len(),
     });
     let mut resp = plain(StatusCode::OK, Bytes::from(echo.to_string() + "\n"));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut().insert(
-        "x-backend",
-        HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("?")),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert("x-backend", HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("?")));
     Ok(resp)
 }
 
 fn query_param(query: &str, key: &str) -> Option<u64> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).and_then(|(_, v)| v.parse().ok())
 }
 
 fn plain(status: StatusCode, body: Bytes) -> Response<EchoBody> {
     let mut resp = Response::new(Full::new(body).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
 }
 
@@ -152,27 +114,19 @@ fn sse(name: Arc<str>, events: u64, interval: Duration) -> Response<EchoBody> {
         }
     });
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
 fn websocket(name: Arc<str>, req: &mut Request<Incoming>) -> Response<EchoBody> {
-    let key = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| derive_accept_key(k.as_bytes()));
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             let reply = match msg {
                 Message::Text(t) => Message::text(format!("{name}:{}", t.as_str())),

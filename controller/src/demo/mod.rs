@@ -19,18 +19,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (service, names) in [("web", &["web-1", "web-2"][..]), ("api", &["api-1"][..])] {
         let mut addrs = Vec::new();
         for name in names {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("binding an echo backend")?;
+            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding an echo backend")?;
             addrs.push((name.to_string(), listener.local_addr()?));
             tokio::spawn(echo::serve(listener, name.to_string()));
         }
         endpoints.push_str(&endpoint_slice("demo", service, &addrs));
     }
-    let dir = tempfile::Builder::new()
-        .prefix("switchyard-demo-")
-        .tempdir()
-        .context("creating the demo directory")?;
+    let dir = tempfile::Builder::new().prefix("switchyard-demo-").tempdir().context("creating the demo directory")?;
     std::fs::write(dir.path().join("demo.yaml"), DEMO_MANIFESTS)?;
     std::fs::write(dir.path().join("endpoints.yaml"), endpoints)?;
 
@@ -74,11 +69,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// EndpointSlice manifests for `service` in `namespace` (port name `http`),
 /// one slice with one ready endpoint per `(pod, addr)`.
-pub fn endpoint_slice(
-    namespace: &str,
-    service: &str,
-    endpoints: &[(String, SocketAddr)],
-) -> String {
+pub fn endpoint_slice(namespace: &str, service: &str, endpoints: &[(String, SocketAddr)]) -> String {
     let mut yaml = String::new();
     for (pod, addr) in endpoints {
         let _ = write!(

@@ -40,10 +40,7 @@ pub struct ManifestDir {
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            files: BTreeMap::new(),
-        }
+        Self { dir: dir.into(), files: BTreeMap::new() }
     }
 
     pub fn path(&self) -> &Path {
@@ -58,10 +55,8 @@ impl ManifestDir {
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let path = entry.path();
-            let is_manifest = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            let is_manifest =
+                path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
@@ -69,22 +64,12 @@ impl ManifestDir {
                 continue;
             }
             seen.push(path.clone());
-            let fingerprint = Fingerprint {
-                len: meta.len(),
-                modified: meta.modified().ok(),
-            };
-            if self
-                .files
-                .get(&path)
-                .is_some_and(|f| f.fingerprint == fingerprint)
-            {
+            let fingerprint = Fingerprint { len: meta.len(), modified: meta.modified().ok() };
+            if self.files.get(&path).is_some_and(|f| f.fingerprint == fingerprint) {
                 continue;
             }
             changed = true;
-            let state = self.files.entry(path.clone()).or_insert(FileState {
-                fingerprint,
-                objects: Vec::new(),
-            });
+            let state = self.files.entry(path.clone()).or_insert(FileState { fingerprint, objects: Vec::new() });
             state.fingerprint = fingerprint;
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
@@ -146,8 +131,7 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
     })
     .and_then(|mut w| {
         use notify::Watcher;
-        w.watch(dir.path(), notify::RecursiveMode::NonRecursive)
-            .map(|()| w)
+        w.watch(dir.path(), notify::RecursiveMode::NonRecursive).map(|()| w)
     });
     let _watcher = match watcher {
         Ok(w) => Some(w),

@@ -18,19 +18,11 @@ pub struct Parsed {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("document {document}: invalid YAML/JSON: {source}")]
-    Syntax {
-        document: usize,
-        source: serde_yaml::Error,
-    },
+    Syntax { document: usize, source: serde_yaml::Error },
     #[error("document {document}: not an object with `apiVersion` and `kind`")]
     NotAnObject { document: usize },
     #[error("document {document}: {kind} {name}: {source}")]
-    Invalid {
-        document: usize,
-        kind: String,
-        name: String,
-        source: serde_json::Error,
-    },
+    Invalid { document: usize, kind: String, name: String, source: serde_json::Error },
 }
 
 /// Parses every document of `text`.
@@ -38,8 +30,8 @@ pub fn parse(text: &str) -> Result<Parsed, ManifestError> {
     let mut parsed = Parsed::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
-        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)
-            .map_err(|source| ManifestError::Syntax { document, source })?;
+        let value: serde_yaml::Value =
+            serde::Deserialize::deserialize(doc).map_err(|source| ManifestError::Syntax { document, source })?;
         if value.is_null() {
             continue; // empty document (`---` at the end, comments only)
         }
@@ -50,34 +42,17 @@ pub fn parse(text: &str) -> Result<Parsed, ManifestError> {
     Ok(parsed)
 }
 
-fn collect(
-    value: serde_json::Value,
-    document: usize,
-    parsed: &mut Parsed,
-) -> Result<(), ManifestError> {
-    let Some(kind) = value
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .map(str::to_string)
-    else {
+fn collect(value: serde_json::Value, document: usize, parsed: &mut Parsed) -> Result<(), ManifestError> {
+    let Some(kind) = value.get("kind").and_then(|k| k.as_str()).map(str::to_string) else {
         return Err(ManifestError::NotAnObject { document });
     };
-    let api_version = value
-        .get("apiVersion")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
+    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let name = value
         .pointer("/metadata/name")
         .and_then(|n| n.as_str())
-        .map(|n| {
-            match value
-                .pointer("/metadata/namespace")
-                .and_then(|n| n.as_str())
-            {
-                Some(ns) => format!("{ns}/{n}"),
-                None => n.to_string(),
-            }
+        .map(|n| match value.pointer("/metadata/namespace").and_then(|n| n.as_str()) {
+            Some(ns) => format!("{ns}/{n}"),
+            None => n.to_string(),
         })
         .unwrap_or_else(|| "<unnamed>".to_string());
     fn typed<T: DeserializeOwned>(
@@ -86,14 +61,12 @@ fn collect(
         kind: &str,
         name: &str,
     ) -> Result<Box<T>, ManifestError> {
-        serde_json::from_value(v)
-            .map(Box::new)
-            .map_err(|source| ManifestError::Invalid {
-                document,
-                kind: kind.to_string(),
-                name: name.to_string(),
-                source,
-            })
+        serde_json::from_value(v).map(Box::new).map_err(|source| ManifestError::Invalid {
+            document,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            source,
+        })
     }
     let object = match (api_version.as_str(), kind.as_str()) {
         (_, "List") => {
@@ -106,21 +79,13 @@ fn collect(
             }
             return Ok(());
         }
-        ("networking.k8s.io/v1", "Ingress") => {
-            Object::Ingress(typed(value, document, &kind, &name)?)
-        }
-        ("networking.k8s.io/v1", "IngressClass") => {
-            Object::IngressClass(typed(value, document, &kind, &name)?)
-        }
+        ("networking.k8s.io/v1", "Ingress") => Object::Ingress(typed(value, document, &kind, &name)?),
+        ("networking.k8s.io/v1", "IngressClass") => Object::IngressClass(typed(value, document, &kind, &name)?),
         ("v1", "Service") => Object::Service(typed(value, document, &kind, &name)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(typed(value, document, &kind, &name)?)
-        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(typed(value, document, &kind, &name)?),
         ("v1", "Secret") => Object::Secret(typed(value, document, &kind, &name)?),
         ("v1", "ConfigMap") => Object::ConfigMap(typed(value, document, &kind, &name)?),
-        ("switchyard.dev/v1alpha1", "BalancerPolicy") => {
-            Object::BalancerPolicy(typed(value, document, &kind, &name)?)
-        }
+        ("switchyard.dev/v1alpha1", "BalancerPolicy") => Object::BalancerPolicy(typed(value, document, &kind, &name)?),
         _ => {
             parsed.ignored.push(format!("{api_version}/{kind} {name}"));
             return Ok(());
@@ -156,37 +121,18 @@ metadata: {name: web}
    "spec": {"controller": "switchyard.dev/ingress-controller"}}]}
 "#;
         let parsed = parse(text).unwrap();
-        let kinds: Vec<_> = parsed
-            .objects
-            .iter()
-            .map(|o| (o.kind(), o.key().to_string()))
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                ("Service", "default/web".to_string()),
-                ("IngressClass", "switchyard".to_string())
-            ]
-        );
+        let kinds: Vec<_> = parsed.objects.iter().map(|o| (o.kind(), o.key().to_string())).collect();
+        assert_eq!(kinds, [("Service", "default/web".to_string()), ("IngressClass", "switchyard".to_string())]);
         assert_eq!(parsed.ignored, ["apps/v1/Deployment web"]);
     }
 
     #[test]
     fn errors_name_the_document_and_object() {
         let err = parse("kind: [unclosed").unwrap_err();
-        assert!(
-            matches!(err, ManifestError::Syntax { document: 1, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, ManifestError::Syntax { document: 1, .. }), "{err}");
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: bad, namespace: x}\nspec: {rules: 7}\n";
         let err = parse(text).unwrap_err().to_string();
-        assert!(
-            err.contains("document 2") && err.contains("Ingress x/bad"),
-            "{err}"
-        );
-        assert!(matches!(
-            parse("just a string").unwrap_err(),
-            ManifestError::NotAnObject { document: 1 }
-        ));
+        assert!(err.contains("document 2") && err.contains("Ingress x/bad"), "{err}");
+        assert!(matches!(parse("just a string").unwrap_err(), ManifestError::NotAnObject { document: 1 }));
     }
 }

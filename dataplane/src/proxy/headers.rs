@@ -33,16 +33,12 @@ pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, c
     }
     // Client-supplied X-Forwarded-For is not trusted: it is replaced by the
     // connection's peer address.
-    let peer_ip =
-        HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a valid header value");
+    let peer_ip = HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a valid header value");
     headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
     headers.insert(X_REAL_IP.clone(), peer_ip);
     let proto = if conn.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    headers.insert(
-        X_FORWARDED_PORT.clone(),
-        HeaderValue::from(conn.local.port()),
-    );
+    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(conn.local.port()));
     match forwarded_host {
         Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
         None => headers.remove(&X_FORWARDED_HOST),
@@ -80,11 +76,7 @@ mod tests {
     use http::Request;
 
     fn conn() -> ConnInfo {
-        ConnInfo {
-            peer: "192.0.2.7:5555".parse().unwrap(),
-            local: "127.0.0.1:8080".parse().unwrap(),
-            tls: false,
-        }
+        ConnInfo { peer: "192.0.2.7:5555".parse().unwrap(), local: "127.0.0.1:8080".parse().unwrap(), tls: false }
     }
 
     #[test]
@@ -123,11 +115,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        prepare_request(
-            &mut parts,
-            Some(HeaderValue::from_static("websocket")),
-            conn(),
-        );
+        prepare_request(&mut parts, Some(HeaderValue::from_static("websocket")), conn());
         assert_eq!(parts.headers["connection"], "upgrade");
         assert_eq!(parts.headers["upgrade"], "websocket");
     }

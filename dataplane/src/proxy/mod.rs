@@ -100,32 +100,17 @@ impl Proxy {
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .build(connector);
-        Self {
-            snapshots,
-            metrics,
-            client,
-            config,
-        }
+        Self { snapshots, metrics, client, config }
     }
 
     /// Answers one request. Never fails: every error becomes a response.
-    pub async fn serve(
-        &self,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn serve(&self, req: Request<Incoming>, conn: ConnInfo) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let snapshot = self.snapshots.load();
         let route = snapshot.router.route(request_host(&req), req.uri().path());
         let Some(route) = route else {
-            self.metrics
-                .requests
-                .with_label_values(&["", "", StatusCode::NOT_FOUND.as_str()])
-                .inc();
-            return Ok(local_response(
-                StatusCode::NOT_FOUND,
-                "no route for this host and path",
-            ));
+            self.metrics.requests.with_label_values(&["", "", StatusCode::NOT_FOUND.as_str()]).inc();
+            return Ok(local_response(StatusCode::NOT_FOUND, "no route for this host and path"));
         };
         let backend = &snapshot.backends[route.backend];
         let response = match (&backend.unavailable, backend.pick_endpoint()) {
@@ -142,14 +127,8 @@ impl Proxy {
                 }
             },
         };
-        self.metrics
-            .requests
-            .with_label_values(&[&*route.host, &*backend.service, response.status().as_str()])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[&*backend.service])
-            .observe(start.elapsed().as_secs_f64());
+        self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, response.status().as_str()]).inc();
+        self.metrics.request_duration.with_label_values(&[&*backend.service]).observe(start.elapsed().as_secs_f64());
         Ok(response)
     }
 
@@ -164,11 +143,7 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         headers::prepare_request(&mut parts, upgrade, conn);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(endpoint.authority.clone());
@@ -176,10 +151,8 @@ impl Proxy {
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
         parts.version = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(
-            self.config.upstream_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        );
+        let sent =
+            tokio::time::timeout(self.config.upstream_timeout, self.client.request(Request::from_parts(parts, body)));
         let mut resp = match sent.await {
             Err(_elapsed) => return Err(ForwardError::Timeout(self.config.upstream_timeout)),
             Ok(Err(err)) if err.is_connect() => return Err(ForwardError::Connect),
@@ -201,9 +174,8 @@ impl Proxy {
 /// The authority the client addressed: the URI's (HTTP/2, absolute-form)
 /// or the Host header's.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-    })
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()))
 }

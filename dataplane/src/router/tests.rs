@@ -5,13 +5,7 @@
 use super::*;
 
 fn mk_route(path: &str, kind: PathKind, backend: usize) -> Route {
-    Route {
-        host: "".into(),
-        path: path.into(),
-        kind,
-        backend,
-        source: format!("default/ing-{backend}").into(),
-    }
+    Route { host: "".into(), path: path.into(), kind, backend, source: format!("default/ing-{backend}").into() }
 }
 
 /// Builds a router with one host-less rule per `(kind, path)`; backend
@@ -26,8 +20,7 @@ fn mk_router(paths: &[(PathKind, &str)]) -> Router {
 }
 
 fn routed(r: &Router, path: &str) -> Option<usize> {
-    r.route(Some("any.example"), path)
-        .map(|route| route.backend)
+    r.route(Some("any.example"), path).map(|route| route.backend)
 }
 
 use PathKind::{Exact, Prefix};
@@ -78,11 +71,7 @@ fn kubernetes_path_examples_table() {
     ];
     for (paths, request, want) in table {
         let r = mk_router(paths);
-        assert_eq!(
-            routed(&r, request),
-            *want,
-            "paths {paths:?}, request {request:?}"
-        );
+        assert_eq!(routed(&r, request), *want, "paths {paths:?}, request {request:?}");
     }
 }
 
@@ -95,12 +84,7 @@ fn exact_is_case_sensitive() {
 
 #[test]
 fn longest_match_wins_regardless_of_insertion_order() {
-    let r = mk_router(&[
-        (Prefix, "/a/b/c"),
-        (Prefix, "/a"),
-        (Exact, "/a/b"),
-        (Prefix, "/a/b"),
-    ]);
+    let r = mk_router(&[(Prefix, "/a/b/c"), (Prefix, "/a"), (Exact, "/a/b"), (Prefix, "/a/b")]);
     assert_eq!(routed(&r, "/a/b/c/d"), Some(0));
     assert_eq!(routed(&r, "/a/b"), Some(2));
     assert_eq!(routed(&r, "/a/b/"), Some(3));
@@ -121,10 +105,7 @@ fn mk_host_router(hosts: &[&str]) -> Router {
 fn kubernetes_hostname_wildcards_table() {
     let r = mk_host_router(&["*.foo.com"]);
     // Matches based on shared suffix
-    assert_eq!(
-        r.route(Some("bar.foo.com"), "/").map(|x| x.backend),
-        Some(0)
-    );
+    assert_eq!(r.route(Some("bar.foo.com"), "/").map(|x| x.backend), Some(0));
     // No match, wildcard only covers a single DNS label
     assert!(r.route(Some("baz.bar.foo.com"), "/").is_none());
     // No match, wildcard only covers a single DNS label
@@ -134,22 +115,10 @@ fn kubernetes_hostname_wildcards_table() {
 #[test]
 fn host_match_ignores_case_port_and_trailing_dot() {
     let r = mk_host_router(&["Example.COM", "*.wild.test"]);
-    for host in [
-        "example.com",
-        "EXAMPLE.com:8080",
-        "example.com.",
-        "Example.Com.:80",
-    ] {
-        assert_eq!(
-            r.route(Some(host), "/").map(|x| x.backend),
-            Some(0),
-            "{host}"
-        );
+    for host in ["example.com", "EXAMPLE.com:8080", "example.com.", "Example.Com.:80"] {
+        assert_eq!(r.route(Some(host), "/").map(|x| x.backend), Some(0), "{host}");
     }
-    assert_eq!(
-        r.route(Some("A.Wild.Test:443"), "/").map(|x| x.backend),
-        Some(1)
-    );
+    assert_eq!(r.route(Some("A.Wild.Test:443"), "/").map(|x| x.backend), Some(1));
     assert!(r.route(Some(".wild.test"), "/").is_none());
 }
 
@@ -157,10 +126,8 @@ fn host_match_ignores_case_port_and_trailing_dot() {
 fn exact_host_beats_wildcard_and_catch_all() {
     let mut r = Router::default();
     r.add_route(None, mk_route("/", Prefix, 0)).unwrap();
-    r.add_route(Some("*.example.com"), mk_route("/", Prefix, 1))
-        .unwrap();
-    r.add_route(Some("api.example.com"), mk_route("/", Prefix, 2))
-        .unwrap();
+    r.add_route(Some("*.example.com"), mk_route("/", Prefix, 1)).unwrap();
+    r.add_route(Some("api.example.com"), mk_route("/", Prefix, 2)).unwrap();
     r.finish();
     let b = |h: Option<&str>| r.route(h, "/x").map(|x| x.backend);
     assert_eq!(b(Some("api.example.com")), Some(2));
@@ -173,38 +140,24 @@ fn exact_host_beats_wildcard_and_catch_all() {
 #[test]
 fn unmatched_path_falls_to_default_backend_then_none() {
     let mut r = Router::default();
-    r.add_route(Some("a.test"), mk_route("/api", Prefix, 0))
-        .unwrap();
+    r.add_route(Some("a.test"), mk_route("/api", Prefix, 0)).unwrap();
     r.finish();
     assert!(r.route(Some("a.test"), "/other").is_none());
     assert!(r.route(Some("b.test"), "/api").is_none());
     r.set_default_backend(mk_route("/", Prefix, 9)).unwrap();
-    assert_eq!(
-        r.route(Some("a.test"), "/other").map(|x| x.backend),
-        Some(9)
-    );
+    assert_eq!(r.route(Some("a.test"), "/other").map(|x| x.backend), Some(9));
     assert_eq!(r.route(Some("b.test"), "/api").map(|x| x.backend), Some(9));
-    assert_eq!(
-        r.set_default_backend(mk_route("/", Prefix, 10)),
-        Err("default/ing-9".into())
-    );
+    assert_eq!(r.set_default_backend(mk_route("/", Prefix, 10)), Err("default/ing-9".into()));
 }
 
 #[test]
 fn same_host_path_and_type_conflicts_first_wins() {
     let mut r = Router::default();
-    r.add_route(Some("a.test"), mk_route("/x", Prefix, 0))
-        .unwrap();
-    let err = r
-        .add_route(Some("A.test"), mk_route("/x/", Prefix, 1))
-        .unwrap_err();
-    assert!(
-        matches!(err, RouteError::Conflict { ref existing, .. } if &**existing == "default/ing-0"),
-        "{err:?}"
-    );
+    r.add_route(Some("a.test"), mk_route("/x", Prefix, 0)).unwrap();
+    let err = r.add_route(Some("A.test"), mk_route("/x/", Prefix, 1)).unwrap_err();
+    assert!(matches!(err, RouteError::Conflict { ref existing, .. } if &**existing == "default/ing-0"), "{err:?}");
     // Same path, other type: no conflict.
-    r.add_route(Some("a.test"), mk_route("/x", Exact, 2))
-        .unwrap();
+    r.add_route(Some("a.test"), mk_route("/x", Exact, 2)).unwrap();
     r.finish();
     assert_eq!(r.route(Some("a.test"), "/x/y").map(|x| x.backend), Some(0));
 }
@@ -214,15 +167,9 @@ fn invalid_hosts_and_paths_are_rejected() {
     let mut r = Router::default();
     for host in ["", "*", "a.*.test", "foo_bar.test", "-a.test", "*.", "a..b"] {
         assert!(
-            matches!(
-                r.add_route(Some(host), mk_route("/", Prefix, 0)),
-                Err(RouteError::InvalidHost { .. })
-            ),
+            matches!(r.add_route(Some(host), mk_route("/", Prefix, 0)), Err(RouteError::InvalidHost { .. })),
             "{host:?}"
         );
     }
-    assert!(matches!(
-        r.add_route(None, mk_route("foo", Prefix, 0)),
-        Err(RouteError::InvalidPath { .. })
-    ));
+    assert!(matches!(r.add_route(None, mk_route("foo", Prefix, 0)), Err(RouteError::InvalidPath { .. })));
 }

@@ -1,0 +1,126 @@
+//! `switchyard run`: the in-cluster mode.
+//!
+//! Reflectors feed the same `World → compile → snapshot` path as standalone
+//! mode; bursts of watch events are coalesced. Every replica serves
+//! traffic; the Lease holder alone writes status and Events.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cli::RunArgs;
+use crate::leader::{self, LeaderConfig};
+use crate::publish::Publisher;
+use crate::runtime::Dataplane;
+use crate::source::cluster::{Stores, next_burst};
+use crate::status::{PublishSource, StatusInput, StatusWriter};
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = client(&args).await?;
+    let publish = publish_source(&args)?;
+    if let Some(addr) = args.https_addr {
+        tracing::warn!(%addr, "--https-addr: TLS termination is not implemented yet; not listening there");
+    }
+    let identity = args.pod_name.clone().unwrap_or_else(default_identity);
+    let dataplane = Dataplane::bind(&args.dataplane).await?;
+    let metrics = dataplane.metrics.clone();
+    let mut tasks = JoinSet::new();
+
+    let (stores, mut changes) = Stores::start(&client, args.watch_namespace.as_deref(), &mut tasks);
+
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let election = LeaderConfig {
+        namespace: args.election_namespace.clone(),
+        lease_name: args.election_id.clone(),
+        identity: identity.clone(),
+        lease_duration: args.lease_duration,
+    };
+    let leader_task = tokio::spawn(leader::run(client.clone(), election, leading_tx, stop_rx));
+    {
+        let metrics = metrics.clone();
+        let mut leading = leading_rx.clone();
+        tasks.spawn(async move {
+            while leading.changed().await.is_ok() {
+                metrics.leader.set(i64::from(*leading.borrow()));
+            }
+        });
+    }
+
+    let (status_tx, status_rx) = watch::channel(Arc::new(StatusInput::default()));
+    let writer = StatusWriter::new(client.clone(), stores.clone(), publish, &identity, metrics.clone());
+    tasks.spawn(writer.run(status_rx, leading_rx));
+
+    let mut publisher = Publisher::new(dataplane.snapshots.clone(), metrics.clone(), args.classes.to_config());
+    let debounce = args.debounce;
+    tasks.spawn(async move {
+        let started = Instant::now();
+        stores.wait_synced().await;
+        tracing::info!(after = ?started.elapsed(), "initial sync complete");
+        // Everything received before the first sync is in the first snapshot.
+        while changes.try_recv().is_ok() {}
+        let mut received = None;
+        loop {
+            let compiled = publisher.apply(&stores.world(), |_, _| None);
+            if let Some(at) = received {
+                metrics.config_propagation.observe(Instant::elapsed(&at).as_secs_f64());
+            }
+            let _ = status_tx
+                .send(Arc::new(StatusInput { served: compiled.served_ingresses, diagnostics: compiled.diagnostics }));
+            match next_burst(&mut changes, debounce).await {
+                Some(at) => received = Some(at),
+                None => return,
+            }
+        }
+    });
+
+    let served = dataplane.serve_until_signal().await;
+    let _ = stop_tx.send(true);
+    // Give the leader loop a moment to release the Lease.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), leader_task).await;
+    tasks.abort_all();
+    served
+}
+
+async fn client(args: &RunArgs) -> anyhow::Result<Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).with_context(|| format!("--kubeconfig {}: cannot read", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}: invalid", path.display()))?
+        }
+        None => Config::infer().await.context("no kubeconfig: set --kubeconfig or KUBECONFIG, or run in a cluster")?,
+    };
+    tracing::info!(server = %config.cluster_url, "connecting to the Kubernetes API");
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+fn publish_source(args: &RunArgs) -> anyhow::Result<PublishSource> {
+    if let Some(svc) = &args.publish_service {
+        let (namespace, name) = svc
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .with_context(|| format!("--publish-service {svc:?}: expected NAMESPACE/NAME"))?;
+        return Ok(PublishSource::Service { namespace: namespace.into(), name: name.into() });
+    }
+    if !args.publish_address.is_empty() {
+        return Ok(PublishSource::Addresses(args.publish_address.clone()));
+    }
+    tracing::warn!("neither --publish-service nor --publish-address given: Ingress status will not be written");
+    Ok(PublishSource::None)
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "switchyard".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,199 @@
+//! The status writer: only the leader writes. It fills
+//! `status.loadBalancer.ingress` of every served Ingress from the published
+//! address (the `--publish-service` Service's own load-balancer status, or
+//! `--publish-address`), clears it on Ingresses it stops serving, and
+//! records an `events.k8s.io` Event for each new diagnostic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource};
+use serde_json::json;
+use switchyard_dataplane::metrics::Metrics;
+use tokio::sync::watch;
+
+use crate::compile::Diagnostic;
+use crate::source::cluster::Stores;
+use crate::world::ObjectKey;
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "switchyard";
+
+/// What the latest compile served and said.
+#[derive(Debug, Default)]
+pub struct StatusInput {
+    pub served: Vec<ObjectKey>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Where the address written into Ingress status comes from.
+#[derive(Clone, Debug)]
+pub enum PublishSource {
+    /// `--publish-service NAMESPACE/NAME`.
+    Service { namespace: String, name: String },
+    /// `--publish-address ADDR[,ADDR…]`: IPs or host names.
+    Addresses(Vec<String>),
+    /// Neither given: status is not written.
+    None,
+}
+
+pub struct StatusWriter {
+    client: Client,
+    stores: Stores,
+    publish: PublishSource,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// Ingresses whose status we set, to clear when they stop being ours.
+    written: BTreeSet<ObjectKey>,
+    /// Diagnostics already recorded as Events.
+    reported: BTreeSet<Diagnostic>,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, stores: Stores, publish: PublishSource, identity: &str, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: "switchyard".into(), instance: Some(identity.to_string()) };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self { client, stores, publish, recorder, metrics, written: BTreeSet::new(), reported: BTreeSet::new() }
+    }
+
+    /// Runs until `input`'s sender is dropped. Writes only while `leading`.
+    pub async fn run(mut self, mut input: watch::Receiver<Arc<StatusInput>>, mut leading: watch::Receiver<bool>) {
+        // The publish Service's address can change without any watched
+        // event of ours: re-check it periodically.
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                changed = input.changed() => if changed.is_err() { return },
+                _ = leading.changed() => {
+                    if !*leading.borrow() {
+                        // A new leader starts from what it observes.
+                        self.reported.clear();
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            if !*leading.borrow() {
+                continue;
+            }
+            let current = input.borrow().clone();
+            self.sync(&current).await;
+        }
+    }
+
+    async fn sync(&mut self, input: &StatusInput) {
+        match self.addresses().await {
+            Ok(Some(addresses)) => self.write_status(input, &addresses).await,
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot read the publish Service; Ingress status not updated"),
+        }
+        self.record_events(input).await;
+    }
+
+    async fn addresses(&self) -> kube::Result<Option<Vec<IngressLoadBalancerIngress>>> {
+        Ok(match &self.publish {
+            PublishSource::None => None,
+            PublishSource::Addresses(list) => Some(list.iter().map(|a| lb_address(a)).collect()),
+            PublishSource::Service { namespace, name } => {
+                let svc = Api::<Service>::namespaced(self.client.clone(), namespace).get_opt(name).await?;
+                let ingress = svc.and_then(|s| s.status?.load_balancer?.ingress).unwrap_or_default();
+                Some(
+                    ingress
+                        .into_iter()
+                        .map(|i| IngressLoadBalancerIngress { ip: i.ip, hostname: i.hostname, ports: None })
+                        .collect(),
+                )
+            }
+        })
+    }
+
+    async fn write_status(&mut self, input: &StatusInput, addresses: &[IngressLoadBalancerIngress]) {
+        let served: BTreeSet<&ObjectKey> = input.served.iter().collect();
+        let current: BTreeMap<ObjectKey, Arc<Ingress>> =
+            self.stores.ingresses.state().into_iter().map(|i| (ObjectKey::of(&i.metadata), i)).collect();
+        for key in &input.served {
+            let have = current
+                .get(key)
+                .and_then(|i| i.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
+                .unwrap_or_default();
+            if have == addresses || self.patch(key, addresses).await {
+                self.written.insert(key.clone());
+            }
+        }
+        let stale: Vec<ObjectKey> = self.written.iter().filter(|k| !served.contains(k)).cloned().collect();
+        for key in stale {
+            let has_status = current
+                .get(&key)
+                .and_then(|i| i.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref())
+                .is_some_and(|l| !l.is_empty());
+            if !current.contains_key(&key) || !has_status || self.patch(&key, &[]).await {
+                self.written.remove(&key);
+            }
+        }
+    }
+
+    /// Sets (or, with no addresses, clears) one Ingress's status.
+    async fn patch(&self, key: &ObjectKey, addresses: &[IngressLoadBalancerIngress]) -> bool {
+        let api = Api::<Ingress>::namespaced(self.client.clone(), &key.namespace);
+        let body = if addresses.is_empty() {
+            json!({"status": {"loadBalancer": {"ingress": null}}})
+        } else {
+            json!({"status": {"loadBalancer": {"ingress": addresses}}})
+        };
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        match api.patch_status(&key.name, &params, &Patch::Merge(&body)).await {
+            Ok(_) => {
+                self.metrics.status_writes.with_label_values(&["Ingress", "ok"]).inc();
+                tracing::info!(ingress = %key, addresses = addresses.len(), "Ingress status written");
+                true
+            }
+            Err(err) => {
+                self.metrics.status_writes.with_label_values(&["Ingress", "error"]).inc();
+                tracing::warn!(ingress = %key, error = %err, "cannot write Ingress status");
+                false
+            }
+        }
+    }
+
+    async fn record_events(&mut self, input: &StatusInput) {
+        let now: BTreeSet<Diagnostic> = input.diagnostics.iter().cloned().collect();
+        for d in now.difference(&self.reported) {
+            let reference = match d.kind {
+                "Ingress" => {
+                    let r = ObjectRef::<Ingress>::new(&d.object.name).within(&d.object.namespace);
+                    self.stores.ingresses.get(&r).map(|o| o.object_ref(&()))
+                }
+                "BalancerPolicy" => {
+                    let r = ObjectRef::new(&d.object.name).within(&d.object.namespace);
+                    self.stores.policies.get(&r).map(|o| o.object_ref(&()))
+                }
+                _ => None,
+            };
+            let Some(reference) = reference else { continue };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: d.reason.as_str().to_string(),
+                note: Some(d.message.chars().take(1000).collect()),
+                action: "Compile".into(),
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(object = %d.object, error = %err, "cannot record Event");
+            }
+        }
+        self.reported = now;
+    }
+}
+
+fn lb_address(addr: &str) -> IngressLoadBalancerIngress {
+    match addr.parse::<IpAddr>() {
+        Ok(_) => IngressLoadBalancerIngress { ip: Some(addr.to_string()), ..Default::default() },
+        Err(_) => IngressLoadBalancerIngress { hostname: Some(addr.to_string()), ..Default::default() },
+    }
+}
