@@ -58,6 +58,17 @@ fn run_args<'a>(ns: &'a str, lease: &'a str) -> Vec<&'a str> {
     vec!["--watch-namespace", ns, "--election-namespace", ns, "--publish-address", PUBLISHED, "--lease-duration", lease]
 }
 
+/// A fresh namespace with Service `web` served by one ready echo backend
+/// (`web-1`) in a new network namespace (kept alive by the returned value).
+async fn one_backend(c: &Cluster, prefix: &str) -> (String, Netns) {
+    let ns = c.fresh_namespace(prefix).await;
+    let mut net = Netns::create(1);
+    let addr = net.start_echo(BIN, 0, "web-1");
+    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
+    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &[("web-1", addr, true)])).await;
+    (ns, net)
+}
+
 async fn backend_of(p: std::net::SocketAddr, host: &str) -> Option<String> {
     get(p, host, "/").await.ok().filter(|r| r.status == StatusCode::OK).map(|r| r.backend())
 }
@@ -167,11 +178,7 @@ async fn ingress_lifecycle_endpoint_scaling_and_readiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_class_filtering() {
     let c = cluster().await;
-    let ns = c.fresh_namespace("classes").await;
-    let mut net = Netns::create(1);
-    let addr = net.start_echo(BIN, 0, "web-1");
-    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
-    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &[("web-1", addr, true)])).await;
+    let (ns, _net) = one_backend(&c, "classes").await;
     let classes = Api::<IngressClass>::all(c.client.clone());
     let ours = format!("ours-{ns}");
     let theirs = format!("theirs-{ns}");
@@ -226,11 +233,7 @@ async fn ingress_class_filtering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_writes_and_failover_takes_over() {
     let c = cluster().await;
-    let ns = c.fresh_namespace("leader").await;
-    let mut net = Netns::create(1);
-    let addr = net.start_echo(BIN, 0, "web-1");
-    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
-    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &[("web-1", addr, true)])).await;
+    let (ns, _net) = one_backend(&c, "leader").await;
     let args = run_args(&ns, "3s");
     let mut replicas = Vec::new();
     for name in ["replica-a", "replica-b"] {
