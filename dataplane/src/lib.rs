@@ -16,4 +16,4 @@ pub mod proxy;
 pub mod router;
 pub mod snapshot;
 
-pub use snapshot::{Backend, Endpoint, PathKind, Route, Snapshot, SnapshotHandle};
+pub use snapshot::{Backend, BalanceConfig, Endpoint, HashOn, PathKind, Route, Snapshot, SnapshotHandle};

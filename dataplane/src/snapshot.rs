@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 use serde::Serialize;
 
-use crate::balance::RoundRobin;
+use crate::balance::{Algorithm, EndpointLoad, LoadRegistry, Selector, WeightedEndpoint};
 use crate::router::Router;
 
 /// Everything one request needs to be routed and balanced.
@@ -62,21 +62,66 @@ pub struct Backend {
     /// Why the backend cannot serve at all (service missing, port missing…),
     /// answered as a 503 with this text. `None` when it resolved.
     pub unavailable: Option<Arc<str>>,
+    /// How requests are spread (from the Service's BalancerPolicy).
+    pub balance: BalanceConfig,
     #[serde(skip)]
-    pub(crate) rotation: RoundRobin,
+    selector: Selector,
+    /// In-flight counters, one per endpoint, attached at publish time from
+    /// the dataplane's registry so that they survive snapshot swaps.
+    #[serde(skip)]
+    pub(crate) loads: Box<[Arc<EndpointLoad>]>,
+}
+
+/// The balancing part of a backend, as compiled from a BalancerPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BalanceConfig {
+    #[serde(serialize_with = "algorithm_name")]
+    pub algorithm: Algorithm,
+    /// What the hashing algorithms hash (`IPHash` always hashes the source).
+    pub hash_on: HashOn,
+}
+
+fn algorithm_name<S: serde::Serializer>(a: &Algorithm, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{a:?}"))
+}
+
+/// The request attribute a consistent hash is computed from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum HashOn {
+    #[default]
+    SourceIp,
+    Header(Arc<str>),
+    Cookie(Arc<str>),
+    QueryParameter(Arc<str>),
 }
 
 impl Backend {
+    /// A round-robin backend.
     pub fn new(id: impl Into<Arc<str>>, service: impl Into<Arc<str>>, endpoints: Vec<Endpoint>) -> Self {
+        Self::with_balance(id, service, endpoints, BalanceConfig::default())
+    }
+
+    /// A backend balanced as `balance` says; endpoint weights come from
+    /// [`Endpoint::weight`].
+    pub fn with_balance(
+        id: impl Into<Arc<str>>,
+        service: impl Into<Arc<str>>,
+        endpoints: Vec<Endpoint>,
+        balance: BalanceConfig,
+    ) -> Self {
         let mut endpoints = endpoints;
         endpoints.sort_by_key(|e| e.addr);
         endpoints.dedup_by_key(|e| e.addr);
+        let weighted: Vec<_> = endpoints.iter().map(|e| WeightedEndpoint { addr: e.addr, weight: e.weight }).collect();
+        let selector = Selector::build(balance.algorithm, &weighted);
         Self {
             id: id.into(),
             service: service.into(),
             endpoints: endpoints.into_boxed_slice(),
             unavailable: None,
-            rotation: RoundRobin::default(),
+            balance,
+            selector,
+            loads: Box::default(),
         }
     }
 
@@ -87,9 +132,17 @@ impl Backend {
         b
     }
 
-    /// Picks the endpoint for the next request, or `None` when there is none.
-    pub fn pick_endpoint(&self) -> Option<&Endpoint> {
-        self.rotation.pick(&self.endpoints)
+    /// Picks the endpoint for the next request (`hash_key`: for the hashing
+    /// algorithms), or `None` when there is none.
+    pub fn pick_endpoint(&self, hash_key: Option<u64>) -> Option<usize> {
+        let ctx =
+            crate::balance::PickContext { hash_key, loads: &self.loads, available: crate::balance::Availability::All };
+        self.selector.pick(&ctx).filter(|&i| i < self.endpoints.len())
+    }
+
+    /// The in-flight counter of endpoint `i` (attached at publish).
+    pub fn load(&self, i: usize) -> Option<&Arc<EndpointLoad>> {
+        self.loads.get(i)
     }
 }
 
@@ -102,6 +155,8 @@ pub struct Endpoint {
     pub pod: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<Arc<str>>,
+    /// Relative share (BalancerPolicy `endpointWeights`; default 1).
+    pub weight: u32,
     /// `ip:port` (IPv6 bracketed) pre-parsed for building upstream URIs.
     #[serde(skip)]
     pub authority: Authority,
@@ -110,7 +165,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
         let authority = Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
-        Self { addr, pod: None, zone: None, authority }
+        Self { addr, pod: None, zone: None, weight: 1, authority }
     }
 }
 
@@ -124,6 +179,7 @@ impl Endpoint {
 pub struct SnapshotHandle {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
+    loads: LoadRegistry,
     ready: AtomicBool,
 }
 
@@ -132,6 +188,7 @@ impl Default for SnapshotHandle {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
             generation: AtomicU64::new(0),
+            loads: LoadRegistry::new(),
             ready: AtomicBool::new(false),
         }
     }
@@ -149,6 +206,9 @@ impl SnapshotHandle {
     pub fn publish(&self, mut snapshot: Snapshot) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         snapshot.generation = generation;
+        for backend in &mut snapshot.backends {
+            backend.loads = self.loads.resolve(backend.endpoints.iter().map(|e| e.addr));
+        }
         self.current.store(Arc::new(snapshot));
         self.ready.store(true, Ordering::Release);
         generation

@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use switchyard_dataplane::{Backend, Endpoint};
 
 use super::diagnostics::{Diagnostic, Reason};
+use super::policy;
 use crate::world::{ObjectKey, World};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -80,8 +81,10 @@ impl<'w> Backends<'w> {
                 }
                 Some(sp) => {
                     let slices = self.slices_by_service.get(&(namespace, svc.name.as_str()));
-                    let endpoints = endpoints_for(sp, slices.map(Vec::as_slice).unwrap_or_default());
-                    Backend::new(id.clone(), service_label, endpoints)
+                    let mut endpoints = endpoints_for(sp, slices.map(Vec::as_slice).unwrap_or_default());
+                    let policy = policy::for_service_port(self.world, namespace, &svc.name, sp.port);
+                    let balance = policy.map(|p| policy::apply(p, &mut endpoints)).unwrap_or_default();
+                    Backend::with_balance(id.clone(), service_label, endpoints, balance)
                 }
             },
         };

@@ -27,6 +27,10 @@ pub enum Reason {
     NotImplemented,
     /// A policy whose target Service does not exist.
     TargetNotFound,
+    /// A second policy on a Service port an older policy already targets.
+    PolicyConflict,
+    /// A policy whose fields contradict each other.
+    InvalidPolicy,
 }
 
 impl Reason {
@@ -41,6 +45,8 @@ impl Reason {
             Self::ServicePortNotFound => "ServicePortNotFound",
             Self::NotImplemented => "NotImplemented",
             Self::TargetNotFound => "TargetNotFound",
+            Self::PolicyConflict => "PolicyConflict",
+            Self::InvalidPolicy => "InvalidPolicy",
         }
     }
 }

@@ -1,31 +1,139 @@
-//! BalancerPolicy checks. The dataplane balances round-robin today; a
-//! policy asking for more is reported, never silently ignored.
+//! BalancerPolicy → how a backend is balanced: algorithm, hash key and
+//! endpoint weights. A policy attaches to a Service (and optionally one of
+//! its ports); when several target the same Service port, the oldest wins
+//! and the others are reported.
 
-use switchyard_crds::{AffinityType, Algorithm};
+use std::sync::Arc;
+
+use switchyard_crds::{AffinityType, Algorithm as PolicyAlgorithm, BalancerPolicy, HashKey};
+use switchyard_dataplane::balance::Algorithm;
+use switchyard_dataplane::{BalanceConfig, Endpoint, HashOn};
 
 use super::diagnostics::{Diagnostic, Reason};
 use crate::world::{ObjectKey, World};
 
 const KIND: &str = "BalancerPolicy";
 
+/// Policies targeting `service` (and `port`, when they name one), oldest
+/// first.
+fn targeting<'w>(
+    world: &'w World,
+    namespace: &str,
+    service: &str,
+    port: Option<i32>,
+) -> Vec<(&'w ObjectKey, &'w BalancerPolicy)> {
+    let mut found: Vec<_> = world
+        .policies
+        .iter()
+        .filter(|(key, p)| {
+            let t = &p.spec.target_ref;
+            key.namespace == namespace
+                && t.kind == "Service"
+                && t.name == service
+                && (t.port.is_none() || port.is_none() || t.port == port)
+        })
+        .collect();
+    found.sort_by_key(|(key, p)| {
+        let ts = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        (ts.is_none(), ts, (*key).clone())
+    });
+    found
+}
+
+/// The policy in force for one Service port.
+pub(super) fn for_service_port<'w>(
+    world: &'w World,
+    namespace: &str,
+    service: &str,
+    port: i32,
+) -> Option<&'w BalancerPolicy> {
+    targeting(world, namespace, service, Some(port)).first().map(|(_, p)| *p)
+}
+
+/// The balancing of `policy`; sets each endpoint's weight from
+/// `endpointWeights` (first matching entry; default 1).
+pub(super) fn apply(policy: &BalancerPolicy, endpoints: &mut [Endpoint]) -> BalanceConfig {
+    let spec = &policy.spec;
+    for ep in endpoints.iter_mut() {
+        let ip = ep.addr.ip().to_string();
+        let matched = spec.endpoint_weights.iter().find(|w| {
+            w.address.as_deref().is_none_or(|a| a == ip)
+                && w.pod_name.as_deref().is_none_or(|g| ep.pod.as_deref().is_some_and(|pod| glob(g, pod)))
+                && w.zone.as_deref().is_none_or(|z| ep.zone.as_deref() == Some(z))
+                && (w.address.is_some() || w.pod_name.is_some() || w.zone.is_some())
+        });
+        ep.weight = matched.map_or(1, |w| w.weight);
+    }
+    let algorithm = match spec.algorithm {
+        PolicyAlgorithm::RoundRobin => Algorithm::RoundRobin,
+        PolicyAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+        PolicyAlgorithm::LeastConnections => Algorithm::LeastConnections,
+        PolicyAlgorithm::IpHash => Algorithm::IpHash,
+        PolicyAlgorithm::PowerOfTwoChoices => Algorithm::PowerOfTwoChoices,
+        PolicyAlgorithm::ConsistentHash => Algorithm::ConsistentHash,
+    };
+    let name = |n: &Option<String>| Arc::<str>::from(n.as_deref().unwrap_or_default());
+    let hash_on = match &spec.consistent_hash {
+        None => HashOn::SourceIp,
+        Some(h) => match h.key {
+            HashKey::SourceIp => HashOn::SourceIp,
+            HashKey::Header => HashOn::Header(name(&h.header)),
+            HashKey::Cookie => HashOn::Cookie(name(&h.cookie)),
+            HashKey::QueryParameter => HashOn::QueryParameter(name(&h.query_parameter)),
+        },
+    };
+    BalanceConfig { algorithm, hash_on }
+}
+
+/// `*` matches any run of characters; everything else literally.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            text.starts_with(head)
+                && (0..=text.len() - head.len())
+                    .any(|i| text.is_char_boundary(head.len() + i) && glob(tail, &text[head.len() + i..]))
+        }
+    }
+}
+
 pub(super) fn check_policies(world: &World, diagnostics: &mut Vec<Diagnostic>) {
     for (key, policy) in &world.policies {
         let spec = &policy.spec;
-        if !world.services.contains_key(&ObjectKey::new(key.namespace.clone(), spec.target_ref.name.clone())) {
+        let target = ObjectKey::new(key.namespace.clone(), spec.target_ref.name.clone());
+        if spec.target_ref.kind != "Service" || !world.services.contains_key(&target) {
             diagnostics.push(Diagnostic::new(
                 KIND,
                 key,
                 Reason::TargetNotFound,
-                format!("target Service {}/{} not found", key.namespace, spec.target_ref.name),
+                format!("target {} {target} not found", spec.target_ref.kind),
             ));
+            continue;
         }
-        if spec.algorithm != Algorithm::RoundRobin {
+        let rivals = targeting(world, &key.namespace, &spec.target_ref.name, spec.target_ref.port);
+        if let Some((winner, _)) = rivals.first().filter(|(k, _)| *k != key) {
             diagnostics.push(Diagnostic::new(
                 KIND,
                 key,
-                Reason::NotImplemented,
-                format!("algorithm {:?} is not implemented yet; RoundRobin is used", spec.algorithm),
+                Reason::PolicyConflict,
+                format!("BalancerPolicy {winner} (older) already targets this Service port; this one is ignored"),
             ));
+        }
+        if spec.algorithm == PolicyAlgorithm::ConsistentHash {
+            let named = spec.consistent_hash.as_ref().is_some_and(|h| match h.key {
+                HashKey::SourceIp => true,
+                HashKey::Header => h.header.is_some(),
+                HashKey::Cookie => h.cookie.is_some(),
+                HashKey::QueryParameter => h.query_parameter.is_some(),
+            });
+            if !named {
+                diagnostics.push(Diagnostic::new(
+                    KIND,
+                    key,
+                    Reason::InvalidPolicy,
+                    "ConsistentHash needs consistentHash.key and the header/cookie/queryParameter it names; hashing the source IP",
+                ));
+            }
         }
         if spec.session_affinity.as_ref().is_some_and(|a| a.kind == AffinityType::Cookie) {
             diagnostics.push(Diagnostic::new(
@@ -35,5 +143,20 @@ pub(super) fn check_policies(world: &World, diagnostics: &mut Vec<Diagnostic>) {
                 "cookie session affinity is not implemented yet; requests are not pinned",
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        assert!(glob("web-large-*", "web-large-7f9c"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a*c*e", "abcde"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("web-large-*", "web-small-1"));
+        assert!(!glob("a*c", "abd"));
     }
 }

@@ -4,6 +4,8 @@
 //! (WebSocket) is tunnelled, and upstream connections are pooled and shared
 //! by every worker thread.
 
+mod body;
+mod hash_key;
 mod headers;
 mod local;
 mod upgrade;
@@ -22,13 +24,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::balance::InFlightGuard;
 use crate::metrics::Metrics;
 use crate::snapshot::{Endpoint, SnapshotHandle};
 
+pub use body::GuardedBody;
 pub use local::local_response;
 
 /// Response body: the upstream's streamed body, or a short local answer.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<GuardedBody, Full<Bytes>>;
 
 /// Tunables of the proxy, with the defaults a user would expect.
 #[derive(Clone, Debug)]
@@ -113,19 +117,29 @@ impl Proxy {
             return Ok(local_response(StatusCode::NOT_FOUND, "no route for this host and path"));
         };
         let backend = &snapshot.backends[route.backend];
-        let response = match (&backend.unavailable, backend.pick_endpoint()) {
+        let key = hash_key::request_hash(&req, &conn, &backend.balance);
+        let response = match (&backend.unavailable, backend.pick_endpoint(key)) {
             (Some(reason), _) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
             (None, None) => local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no ready endpoints for service {}", backend.service),
             ),
-            (None, Some(endpoint)) => match self.forward(req, endpoint, conn).await {
-                Ok(resp) => resp.map(Either::Left),
-                Err(err) => {
-                    tracing::debug!(endpoint = %endpoint.addr, service = %backend.service, error = %err, "forward failed");
-                    local_response(err.status(), &err.to_string())
+            (None, Some(i)) => {
+                let endpoint = &backend.endpoints[i];
+                let load = backend.load(i);
+                match self.forward(req, endpoint, conn, load.map(|l| l.start())).await {
+                    Ok(resp) => {
+                        if let Some(load) = load {
+                            load.observe_latency(start.elapsed());
+                        }
+                        resp.map(Either::Left)
+                    }
+                    Err(err) => {
+                        tracing::debug!(endpoint = %endpoint.addr, service = %backend.service, error = %err, "forward failed");
+                        local_response(err.status(), &err.to_string())
+                    }
                 }
-            },
+            }
         };
         self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, response.status().as_str()]).inc();
         self.metrics.request_duration.with_label_values(&[&*backend.service]).observe(start.elapsed().as_secs_f64());
@@ -137,7 +151,8 @@ impl Proxy {
         mut req: Request<Incoming>,
         endpoint: &Endpoint,
         conn: ConnInfo,
-    ) -> Result<Response<Incoming>, ForwardError> {
+        guard: Option<InFlightGuard>,
+    ) -> Result<Response<GuardedBody>, ForwardError> {
         let upgrade = upgrade::requested(&req);
         let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
@@ -163,11 +178,12 @@ impl Proxy {
             let Some(downstream) = downstream_upgrade else {
                 return Err(ForwardError::UnrequestedUpgrade);
             };
-            upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp), endpoint.addr);
-        } else {
-            headers::strip_hop_by_hop(resp.headers_mut());
+            // The tunnel holds the guard: a WebSocket counts while open.
+            upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp), endpoint.addr, guard);
+            return Ok(resp.map(|b| GuardedBody::new(b, None)));
         }
-        Ok(resp)
+        headers::strip_hop_by_hop(resp.headers_mut());
+        Ok(resp.map(|b| GuardedBody::new(b, guard)))
     }
 }
 

@@ -8,6 +8,8 @@ use http::{Request, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::balance::InFlightGuard;
+
 /// The protocol the client asks to switch to, if it asks (HTTP/1.1 with
 /// `Connection: upgrade` and an `Upgrade` field).
 pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -29,8 +31,9 @@ pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Spawns the byte pump between the two upgraded connections. It ends when
 /// either side closes.
-pub(super) fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, endpoint: SocketAddr) {
+pub(super) fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, endpoint: SocketAddr, guard: Option<InFlightGuard>) {
     tokio::spawn(async move {
+        let _guard = guard;
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(err) => {
