@@ -1,12 +1,21 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease.
 //!
 //! kube 5 has no helper, so this is a small loop in the style of
-//! client-go's leaderelection: read the Lease; if we hold it, renew it; if it
-//! is free or expired, take it. Every write is a `replace` carrying the
-//! `resourceVersion` that was read, so two candidates cannot both win (the
-//! loser gets 409 Conflict). A leader that cannot renew steps down once its
-//! own lease would have expired. On shutdown the leader releases the Lease so
-//! that another replica takes over at once.
+//! client-go's leaderelection:
+//!
+//! * every write is a `replace` carrying the `resourceVersion` that was read,
+//!   so two candidates cannot both win (the loser gets 409 Conflict);
+//! * a follower judges expiry by *its own monotonic clock*: the Lease is
+//!   expired when its record (holder, renewTime) has not changed for a lease
+//!   duration since this replica first saw it. Clock skew between replicas
+//!   does not matter;
+//! * a leader steps down when it could not renew within the renew deadline
+//!   (two thirds of the lease duration), measured from the start of its last
+//!   successful attempt, before any follower may consider the Lease expired;
+//! * every API call is bounded by a timeout, so a hung connection cannot
+//!   keep a stale leader leading;
+//! * on shutdown the leader releases the Lease so another replica takes over
+//!   at once.
 
 use std::time::Duration;
 
@@ -17,6 +26,9 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// Shortest lease accepted (`--lease-duration`).
+pub const MIN_LEASE_DURATION: Duration = Duration::from_secs(2);
 
 /// Where and how long the Lease is held.
 #[derive(Clone, Debug)]
@@ -33,45 +45,76 @@ impl LeaderConfig {
     fn period(&self) -> Duration {
         self.lease_duration / 3
     }
+
+    /// A leader that has not renewed for this long steps down.
+    fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+}
+
+/// The other holder's record as this replica last saw it change.
+#[derive(Debug)]
+struct Observed {
+    record: (Option<String>, Option<MicroTime>),
+    since: Instant,
 }
 
 /// Runs the election until `stop` turns true, publishing leadership on
 /// `leading`. Releases the Lease on the way out if held.
 pub async fn run(client: Client, config: LeaderConfig, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let mut last_renewed: Option<Instant> = None;
+    let mut renewed_at: Option<Instant> = None;
+    let mut observed: Option<Observed> = None;
     loop {
-        let held = match try_acquire_or_renew(&api, &config).await {
-            Ok(held) => {
-                if held {
-                    last_renewed = Some(Instant::now());
-                }
-                held
+        let attempt = Instant::now();
+        let outcome = tokio::time::timeout(config.period(), try_acquire_or_renew(&api, &config, &mut observed)).await;
+        let held = match outcome {
+            Ok(Ok(true)) => {
+                renewed_at = Some(attempt);
+                true
             }
-            Err(err) => {
+            Ok(Ok(false)) => false,
+            Ok(Err(err)) => {
                 tracing::warn!(lease = %config.lease_name, error = %err, "lease update failed");
-                // Keep leading only while our last renewal is still valid.
-                last_renewed.is_some_and(|t| t.elapsed() < config.lease_duration) && *leading.borrow()
+                renewed_at.is_some_and(|t| t.elapsed() < config.renew_deadline()) && *leading.borrow()
+            }
+            Err(_) => {
+                tracing::warn!(lease = %config.lease_name, timeout = ?config.period(), "lease update timed out");
+                renewed_at.is_some_and(|t| t.elapsed() < config.renew_deadline()) && *leading.borrow()
             }
         };
+        if !held {
+            renewed_at = None;
+        }
         if held != *leading.borrow() {
             tracing::info!(identity = %config.identity, lease = %config.lease_name, leader = held, "leadership changed");
             let _ = leading.send(held);
         }
+        // While leading, wake at the renew deadline at the latest.
+        let wait = match renewed_at {
+            Some(t) => config.period().min(config.renew_deadline().saturating_sub(t.elapsed())),
+            None => config.period(),
+        };
         tokio::select! {
-            () = tokio::time::sleep(config.period()) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
     if *leading.borrow() {
-        if let Err(err) = release(&api, &config).await {
-            tracing::warn!(error = %err, "could not release the lease");
+        match tokio::time::timeout(config.period(), release(&api, &config)).await {
+            Ok(Ok(())) => tracing::info!(lease = %config.lease_name, "lease released"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not release the lease"),
+            Err(_) => tracing::warn!("releasing the lease timed out"),
         }
         let _ = leading.send(false);
     }
 }
 
-async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaderConfig) -> kube::Result<bool> {
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    config: &LeaderConfig,
+    observed: &mut Option<Observed>,
+) -> kube::Result<bool> {
     let now = MicroTime(Timestamp::now());
     let duration_secs = i32::try_from(config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&config.lease_name).await? else {
@@ -96,13 +139,15 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaderConfig) -> kube::
     let ours = spec.holder_identity.as_deref() == Some(config.identity.as_str());
     if !ours {
         let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(renewed), Some(secs)) => {
-                let expires = renewed.0 + Duration::from_secs(u64::try_from(secs.max(0)).unwrap_or(0));
-                expires < now.0
-            }
-            _ => true,
+        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
+        let their_duration =
+            Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0).max(0)).unwrap_or(0));
+        let seen = match observed.take() {
+            Some(o) if o.record == record => o,
+            _ => Observed { record, since: Instant::now() },
         };
+        let expired = seen.since.elapsed() >= their_duration;
+        *observed = Some(seen);
         if !free && !expired {
             return Ok(false);
         }
@@ -113,7 +158,10 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaderConfig) -> kube::
     spec.renew_time = Some(now);
     spec.lease_duration_seconds = Some(duration_secs);
     match api.replace(&config.lease_name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(true),
+        Ok(_) => {
+            *observed = None;
+            Ok(true)
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(e),
     }

@@ -26,6 +26,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.https_addr {
         tracing::warn!(%addr, "--https-addr: TLS termination is not implemented yet; not listening there");
     }
+    anyhow::ensure!(
+        args.lease_duration >= leader::MIN_LEASE_DURATION,
+        "--lease-duration {:?}: must be at least {:?}",
+        args.lease_duration,
+        leader::MIN_LEASE_DURATION
+    );
     let identity = args.pod_name.clone().unwrap_or_else(default_identity);
     let dataplane = Dataplane::bind(&args.dataplane).await?;
     let metrics = dataplane.metrics.clone();

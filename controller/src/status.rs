@@ -4,7 +4,7 @@
 //! `--publish-address`), clears it on Ingresses it stops serving, and
 //! records an `events.k8s.io` Event for each new diagnostic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,8 +50,6 @@ pub struct StatusWriter {
     publish: PublishSource,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    /// Ingresses whose status we set, to clear when they stop being ours.
-    written: BTreeSet<ObjectKey>,
     /// Diagnostics already recorded as Events.
     reported: BTreeSet<Diagnostic>,
 }
@@ -60,7 +58,7 @@ impl StatusWriter {
     pub fn new(client: Client, stores: Stores, publish: PublishSource, identity: &str, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter { controller: "switchyard".into(), instance: Some(identity.to_string()) };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, stores, publish, recorder, metrics, written: BTreeSet::new(), reported: BTreeSet::new() }
+        Self { client, stores, publish, recorder, metrics, reported: BTreeSet::new() }
     }
 
     /// Runs until `input`'s sender is dropped. Writes only while `leading`.
@@ -71,7 +69,10 @@ impl StatusWriter {
         loop {
             tokio::select! {
                 changed = input.changed() => if changed.is_err() { return },
-                _ = leading.changed() => {
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        return; // the election ended: shutting down
+                    }
                     if !*leading.borrow() {
                         // A new leader starts from what it observes.
                         self.reported.clear();
@@ -113,33 +114,28 @@ impl StatusWriter {
         })
     }
 
+    /// Sets the status of every served Ingress, and clears it on Ingresses
+    /// we no longer serve that still show exactly our addresses (computed
+    /// from the cache, so it also holds after a restart or failover; another
+    /// controller's address is never touched).
     async fn write_status(&mut self, input: &StatusInput, addresses: &[IngressLoadBalancerIngress]) {
         let served: BTreeSet<&ObjectKey> = input.served.iter().collect();
-        let current: BTreeMap<ObjectKey, Arc<Ingress>> =
-            self.stores.ingresses.state().into_iter().map(|i| (ObjectKey::of(&i.metadata), i)).collect();
-        for key in &input.served {
-            let have = current
-                .get(key)
-                .and_then(|i| i.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
-                .unwrap_or_default();
-            if have == addresses || self.patch(key, addresses).await {
-                self.written.insert(key.clone());
-            }
-        }
-        let stale: Vec<ObjectKey> = self.written.iter().filter(|k| !served.contains(k)).cloned().collect();
-        for key in stale {
-            let has_status = current
-                .get(&key)
-                .and_then(|i| i.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref())
-                .is_some_and(|l| !l.is_empty());
-            if !current.contains_key(&key) || !has_status || self.patch(&key, &[]).await {
-                self.written.remove(&key);
+        for ingress in self.stores.ingresses.state() {
+            let key = ObjectKey::of(&ingress.metadata);
+            let have =
+                ingress.status.as_ref().and_then(|s| s.load_balancer.as_ref()?.ingress.clone()).unwrap_or_default();
+            if served.contains(&key) {
+                if have != addresses {
+                    self.patch(&key, addresses).await;
+                }
+            } else if !have.is_empty() && have == addresses {
+                self.patch(&key, &[]).await;
             }
         }
     }
 
     /// Sets (or, with no addresses, clears) one Ingress's status.
-    async fn patch(&self, key: &ObjectKey, addresses: &[IngressLoadBalancerIngress]) -> bool {
+    async fn patch(&self, key: &ObjectKey, addresses: &[IngressLoadBalancerIngress]) {
         let api = Api::<Ingress>::namespaced(self.client.clone(), &key.namespace);
         let body = if addresses.is_empty() {
             json!({"status": {"loadBalancer": {"ingress": null}}})
@@ -151,19 +147,18 @@ impl StatusWriter {
             Ok(_) => {
                 self.metrics.status_writes.with_label_values(&["Ingress", "ok"]).inc();
                 tracing::info!(ingress = %key, addresses = addresses.len(), "Ingress status written");
-                true
             }
             Err(err) => {
                 self.metrics.status_writes.with_label_values(&["Ingress", "error"]).inc();
                 tracing::warn!(ingress = %key, error = %err, "cannot write Ingress status");
-                false
             }
         }
     }
 
     async fn record_events(&mut self, input: &StatusInput) {
         let now: BTreeSet<Diagnostic> = input.diagnostics.iter().cloned().collect();
-        for d in now.difference(&self.reported) {
+        let new: Vec<Diagnostic> = now.difference(&self.reported).cloned().collect();
+        for d in &new {
             let reference = match d.kind {
                 "Ingress" => {
                     let r = ObjectRef::<Ingress>::new(&d.object.name).within(&d.object.namespace);
@@ -183,11 +178,15 @@ impl StatusWriter {
                 action: "Compile".into(),
                 secondary: None,
             };
-            if let Err(err) = self.recorder.publish(&event, &reference).await {
-                tracing::warn!(object = %d.object, error = %err, "cannot record Event");
+            match self.recorder.publish(&event, &reference).await {
+                Ok(()) => {
+                    self.reported.insert(d.clone());
+                }
+                Err(err) => tracing::warn!(object = %d.object, error = %err, "cannot record Event; will retry"),
             }
         }
-        self.reported = now;
+        // Forget resolved diagnostics, so that a recurrence is recorded again.
+        self.reported.retain(|d| now.contains(d));
     }
 }
 

@@ -41,6 +41,12 @@ pub async fn serve_http(
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    // Idle HTTP/2 connections are pinged, and closed when the peer is gone.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);

@@ -13,8 +13,9 @@
 //!   element-wise on `/` with the trailing slash ignored; the longest match
 //!   wins and `Exact` beats `Prefix` of the same length.
 //!
-//! All work happens when the router is built. A lookup does a handful of
-//! hash-map probes on borrowed slices and allocates nothing.
+//! All work happens when the router is built. A lookup does one hash-map
+//! probe per distinct prefix length configured for the host (never more,
+//! however deep the request path) on borrowed slices, and allocates nothing.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -51,6 +52,11 @@ pub struct VirtualHost {
     /// Keyed by the prefix with trailing slashes removed (`/` becomes ``).
     #[serde(skip)]
     prefix: HashMap<Box<str>, usize>,
+    /// The distinct byte lengths of `prefix` keys, longest first: a lookup
+    /// probes only cut points of these lengths, so its cost is bounded by
+    /// the configuration, not by how deep a (hostile) request path is.
+    #[serde(skip)]
+    prefix_lens: Vec<usize>,
 }
 
 /// Why a route could not be added.
@@ -172,7 +178,13 @@ impl Router {
 
 impl VirtualHost {
     fn new(host: &str) -> Self {
-        Self { host: host.into(), routes: Vec::new(), exact: HashMap::new(), prefix: HashMap::new() }
+        Self {
+            host: host.into(),
+            routes: Vec::new(),
+            exact: HashMap::new(),
+            prefix: HashMap::new(),
+            prefix_lens: Vec::new(),
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -193,7 +205,12 @@ impl VirtualHost {
                 existing: self.routes[*e.get()].source.clone(),
             }),
             Entry::Vacant(e) => {
+                let len = e.key().len();
                 e.insert(self.routes.len());
+                if route.kind == PathKind::Prefix && !self.prefix_lens.contains(&len) {
+                    self.prefix_lens.push(len);
+                    self.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
+                }
                 self.routes.push(route);
                 Ok(())
             }
@@ -205,21 +222,16 @@ impl VirtualHost {
         if let Some(&i) = self.exact.get(path) {
             return Some(&self.routes[i]);
         }
-        if self.prefix.is_empty() {
-            return None;
-        }
-        // Candidates are the path cut at each `/` boundary, longest first:
-        // `/a/b/` and `/a/b` try `/a/b`, then `/a`, then `` (the `/` prefix).
-        let mut candidate = path.trim_end_matches('/');
-        loop {
-            if let Some(&i) = self.prefix.get(candidate) {
-                return Some(&self.routes[i]);
-            }
-            match candidate.rfind('/') {
-                Some(cut) => candidate = &candidate[..cut],
-                None => return None,
-            }
-        }
+        // A prefix key of length `n` matches when the path (trailing slashes
+        // removed) has an element boundary at `n`: `/a/b` and `/a/b/` match
+        // `/a/b`, `/a` and `` (the `/` prefix), never `/a/bc`.
+        let trimmed = path.trim_end_matches('/');
+        let bytes = trimmed.as_bytes();
+        self.prefix_lens
+            .iter()
+            .filter(|&&n| n == bytes.len() || (n < bytes.len() && bytes[n] == b'/'))
+            .find_map(|&n| self.prefix.get(&trimmed[..n]))
+            .map(|&i| &self.routes[i])
     }
 }
 

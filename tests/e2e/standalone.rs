@@ -314,3 +314,47 @@ async fn upstream_timeout_is_504() {
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{r:?}");
     assert_eq!(get(proxy.http, "a.test", "/fast").await.unwrap().status, StatusCode::OK);
 }
+
+/// Sends raw bytes on a fresh connection and returns what came back
+/// (until close or 2 s).
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_hosts_are_refused_and_only_websocket_upgrades_pass() {
+    let rules = format!(
+        "  rules:\n  - host: public.test\n    http:\n      paths:\n{}  - host: internal.test\n    http:\n      paths:\n{}",
+        path("/", "Prefix", "api"),
+        path("/", "Prefix", "other")
+    );
+    let proxy =
+        Standalone::start(&[("backends.yaml", &backends().await), ("main.yaml", &ingress("main", &rules))]).await;
+    // Absolute-form target naming one host, Host header another: 400.
+    let reply =
+        raw(proxy.http, b"GET http://public.test/x HTTP/1.1\r\nHost: internal.test\r\nConnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // Agreeing absolute-form: routed by it.
+    let reply =
+        raw(proxy.http, b"GET http://public.test/x HTTP/1.1\r\nHost: public.test\r\nConnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("api-1"), "{reply}");
+    // Two Host headers: 400.
+    let reply =
+        raw(proxy.http, b"GET /x HTTP/1.1\r\nHost: public.test\r\nHost: internal.test\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // An h2c upgrade is not passed on: the backend sees a plain request.
+    let reply = raw(
+        proxy.http,
+        b"GET /x HTTP/1.1\r\nHost: public.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(!reply.to_ascii_lowercase().contains("\"upgrade\""), "Upgrade must not reach the backend: {reply}");
+    assert!(!reply.to_ascii_lowercase().contains("http2-settings"), "{reply}");
+}

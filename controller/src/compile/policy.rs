@@ -85,16 +85,29 @@ pub(super) fn apply(policy: &BalancerPolicy, endpoints: &mut [Endpoint]) -> Bala
     BalanceConfig { algorithm, hash_on }
 }
 
-/// `*` matches any run of characters; everything else literally.
+/// `*` matches any run of characters; everything else literally. Greedy
+/// with one backtrack point: O(pattern × text) at worst, never exponential
+/// (a hostile pattern must not stall compile).
 fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, tail)) => {
-            text.starts_with(head)
-                && (0..=text.len() - head.len())
-                    .any(|i| text.is_char_boundary(head.len() + i) && glob(tail, &text[head.len() + i..]))
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
         }
     }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 pub(super) fn check_policies(world: &World, diagnostics: &mut Vec<Diagnostic>) {
@@ -111,7 +124,8 @@ pub(super) fn check_policies(world: &World, diagnostics: &mut Vec<Diagnostic>) {
             continue;
         }
         let rivals = targeting(world, &key.namespace, &spec.target_ref.name, spec.target_ref.port);
-        if let Some((winner, _)) = rivals.first().filter(|(k, _)| *k != key) {
+        let same_port = |p: &BalancerPolicy| p.spec.target_ref.port == spec.target_ref.port;
+        if let Some((winner, _)) = rivals.iter().find(|(_, p)| same_port(p)).filter(|(k, _)| *k != key) {
             diagnostics.push(Diagnostic::new(
                 KIND,
                 key,
@@ -158,5 +172,11 @@ mod tests {
         assert!(glob("exact", "exact"));
         assert!(!glob("web-large-*", "web-small-1"));
         assert!(!glob("a*c", "abd"));
+        assert!(glob("*-1", "web-large-1"));
+        assert!(!glob("", "x"));
+        // A pathological pattern returns at once instead of backtracking
+        // exponentially.
+        let pattern = "*a".repeat(20) + "*b";
+        assert!(!glob(&pattern, &"a".repeat(60)));
     }
 }

@@ -38,7 +38,7 @@ pub struct Stores {
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
     pub policies: Store<BalancerPolicy>,
-    /// Notified when the BalancerPolicy watch fails (CRD not installed yet):
+    /// Notified when the BalancerPolicy list answers 404 (CRD not installed):
     /// the first sync does not wait for a kind that may never exist.
     policies_failed: Arc<Notify>,
 }
@@ -170,7 +170,11 @@ where
                         tracing::warn!(%kind, error = %err, "watch failed; retrying with backoff");
                     }
                     failing = true;
-                    if let Some(notify) = &on_error {
+                    // Only "the kind does not exist" (404: CRD not installed)
+                    // lets the first sync go ahead without this kind.
+                    let absent =
+                        matches!(&err, watcher::Error::InitialListFailed(kube::Error::Api(e)) if e.code == 404);
+                    if let (true, Some(notify)) = (absent, &on_error) {
                         notify.notify_one();
                     }
                 }

@@ -4,7 +4,10 @@
 //! read. A file that fails to parse is logged and its last good version
 //! stays in force; everything else keeps serving. Changes are picked up from
 //! inotify (debounced) and, as a safety net, by a metadata rescan every
-//! second.
+//! second. A changed (or vanished) file is applied only once two scans
+//! 50 ms apart agree on its size and mtime, so a file caught half-written
+//! (`cmd > file` truncates first) or briefly absent (editors that save by
+//! delete-and-recreate) never empties the routing table.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,6 +17,9 @@ use tokio::sync::mpsc;
 
 use super::manifest;
 use crate::world::{Object, ObjectKey, World};
+
+/// How long a changed file must keep the same size and mtime.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// Where each object came from: `(kind, key) → file`.
 pub type Origins = HashMap<(&'static str, ObjectKey), PathBuf>;
@@ -36,22 +42,39 @@ struct FileState {
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Changes seen once and waiting for a second, agreeing scan
+    /// (`None`: the file is gone).
+    unsettled: BTreeMap<PathBuf, Option<Fingerprint>>,
+    /// The first scan applies everything at once.
+    started: bool,
+}
+
+/// What a rescan found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rescan {
+    /// The loaded objects changed.
+    pub changed: bool,
+    /// Some file changed but is not settled yet: scan again shortly.
+    pub unsettled: bool,
 }
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: BTreeMap::new() }
+        Self { dir: dir.into(), files: BTreeMap::new(), unsettled: BTreeMap::new(), started: false }
     }
 
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
-    /// Re-reads files whose size or mtime changed and forgets deleted ones.
-    /// Returns true when anything changed.
-    pub fn rescan(&mut self) -> std::io::Result<bool> {
+    /// Re-reads files whose size or mtime changed (and settled) and
+    /// forgets deleted ones (once settled).
+    pub fn rescan(&mut self) -> std::io::Result<Rescan> {
         let mut seen = Vec::new();
         let mut changed = false;
+        let mut unsettled = false;
+        let first = !self.started;
+        self.started = true;
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let path = entry.path();
@@ -66,8 +89,15 @@ impl ManifestDir {
             seen.push(path.clone());
             let fingerprint = Fingerprint { len: meta.len(), modified: meta.modified().ok() };
             if self.files.get(&path).is_some_and(|f| f.fingerprint == fingerprint) {
+                self.unsettled.remove(&path);
                 continue;
             }
+            if !first && self.unsettled.get(&path) != Some(&Some(fingerprint)) {
+                self.unsettled.insert(path.clone(), Some(fingerprint));
+                unsettled = true;
+                continue;
+            }
+            self.unsettled.remove(&path);
             changed = true;
             let state = self.files.entry(path.clone()).or_insert(FileState { fingerprint, objects: Vec::new() });
             state.fingerprint = fingerprint;
@@ -91,10 +121,20 @@ impl ManifestDir {
                 }
             }
         }
-        let before = self.files.len();
-        self.files.retain(|path, _| seen.contains(path));
-        changed |= self.files.len() != before;
-        Ok(changed)
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !seen.contains(p)).cloned().collect();
+        for path in gone {
+            if self.unsettled.get(&path) == Some(&None) {
+                self.unsettled.remove(&path);
+                self.files.remove(&path);
+                changed = true;
+            } else {
+                self.unsettled.insert(path, None);
+                unsettled = true;
+            }
+        }
+        // A file that appeared and vanished before settling is forgotten.
+        self.unsettled.retain(|path, fp| fp.is_none() || seen.contains(path));
+        Ok(Rescan { changed, unsettled })
     }
 
     /// The world made of every file's last good objects. An object defined
@@ -144,16 +184,23 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     loop {
+        let mut settle = false;
         match dir.rescan() {
-            Ok(changed) if changed || first => {
-                let (world, origins) = dir.world();
-                on_change(&world, &origins);
-                first = false;
+            Ok(scan) => {
+                if scan.changed || first {
+                    let (world, origins) = dir.world();
+                    on_change(&world, &origins);
+                    first = false;
+                }
+                settle = scan.unsettled;
             }
-            Ok(_) => {}
             Err(err) => {
                 tracing::error!(dir = %dir.path().display(), error = %err, "cannot list manifest directory")
             }
+        }
+        if settle {
+            tokio::time::sleep(SETTLE).await;
+            continue;
         }
         tokio::select! {
             _ = tick.tick() => {}
@@ -163,5 +210,38 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
                 while rx.try_recv().is_ok() {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n";
+
+    #[test]
+    fn changes_apply_only_once_settled_and_deletes_need_two_scans() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("svc.yaml");
+        std::fs::write(&file, SVC).unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        // The first scan applies at once.
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        assert_eq!(dir.world().0.services.len(), 1);
+        // Truncated (as `cmd > file` does first): not applied on one sighting.
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
+        assert_eq!(dir.world().0.services.len(), 1, "a half-written file does not empty the table");
+        // Fully written before the next scan: the complete version applies.
+        std::fs::write(&file, format!("{SVC}---\n")).unwrap();
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        assert_eq!(dir.world().0.services.len(), 1);
+        // Deleted: forgotten only when still gone on the next scan.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
+        assert_eq!(dir.world().0.services.len(), 1);
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        assert!(dir.world().0.services.is_empty());
     }
 }

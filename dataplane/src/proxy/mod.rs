@@ -110,6 +110,10 @@ impl Proxy {
     /// Answers one request. Never fails: every error becomes a response.
     pub async fn serve(&self, req: Request<Incoming>, conn: ConnInfo) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
+        if let Some(problem) = host_problem(&req) {
+            self.metrics.requests.with_label_values(&["", "", StatusCode::BAD_REQUEST.as_str()]).inc();
+            return Ok(local_response(StatusCode::BAD_REQUEST, problem));
+        }
         let snapshot = self.snapshots.load();
         let route = snapshot.router.route(request_host(&req), req.uri().path());
         let Some(route) = route else {
@@ -184,6 +188,25 @@ impl Proxy {
         }
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp.map(|b| GuardedBody::new(b, guard)))
+    }
+}
+
+/// Requests whose target is ambiguous are refused (RFC 9110 §7.2, RFC 9112
+/// §3.2, RFC 9113 §8.3.1): several Host fields, or an absolute-form target
+/// or `:authority` that names another host than the Host field. Routing on
+/// one and forwarding the other would let a client reach a virtual host
+/// that no Ingress exposes.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    match (req.uri().authority(), host) {
+        (Some(authority), Some(host)) if !authority.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) => {
+            Some("the request target's host and the Host header disagree")
+        }
+        _ => None,
     }
 }
 

@@ -11,7 +11,10 @@ use hyper_util::rt::TokioIo;
 use crate::balance::InFlightGuard;
 
 /// The protocol the client asks to switch to, if it asks (HTTP/1.1 with
-/// `Connection: upgrade` and an `Upgrade` field).
+/// `Connection: upgrade` and an `Upgrade` field) and it is WebSocket. Other
+/// upgrades (notably `h2c`, which would hand the client a raw HTTP/2
+/// connection to the backend past our routing) are not honoured: the
+/// request is forwarded without its hop-by-hop `Upgrade`.
 pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
@@ -26,7 +29,7 @@ pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if !wants {
         return None;
     }
-    req.headers().get(header::UPGRADE).cloned()
+    req.headers().get(header::UPGRADE).filter(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")).cloned()
 }
 
 /// Spawns the byte pump between the two upgraded connections. It ends when
@@ -51,4 +54,23 @@ pub(super) fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, endpoint: Socke
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk(upgrade: &str) -> Request<()> {
+        Request::get("/").header("connection", "keep-alive, Upgrade").header("upgrade", upgrade).body(()).unwrap()
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_honoured() {
+        assert_eq!(requested(&mk("websocket")).unwrap(), "websocket");
+        assert_eq!(requested(&mk("WebSocket")).unwrap(), "WebSocket");
+        assert!(requested(&mk("h2c")).is_none());
+        assert!(requested(&mk("TLS/1.2")).is_none());
+        let no_connection = Request::get("/").header("upgrade", "websocket").body(()).unwrap();
+        assert!(requested(&no_connection).is_none());
+    }
 }

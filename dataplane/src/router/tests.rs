@@ -173,3 +173,14 @@ fn invalid_hosts_and_paths_are_rejected() {
     }
     assert!(matches!(r.add_route(None, mk_route("foo", Prefix, 0)), Err(RouteError::InvalidPath { .. })));
 }
+
+#[test]
+fn deep_paths_match_with_a_bounded_number_of_probes() {
+    let r = mk_router(&[(Prefix, "/"), (Prefix, "/a"), (Prefix, "/a/a/b")]);
+    let deep = "/a".repeat(30_000);
+    assert_eq!(routed(&r, &deep), Some(1));
+    assert_eq!(routed(&r, &format!("/a/a/b{deep}")), Some(2));
+    assert_eq!(routed(&r, &format!("/x{deep}")), Some(0));
+    let vhost = &r.vhosts()[0];
+    assert_eq!(vhost.prefix_lens, [6, 2, 0], "one probe per distinct configured prefix length");
+}
