@@ -170,6 +170,9 @@ pub struct EchoArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Delay every answer by this many milliseconds (a slow backend).
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

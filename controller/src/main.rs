@@ -40,7 +40,8 @@ fn main() -> ExitCode {
             Command::Echo(args) => {
                 let listener = tokio::net::TcpListener::bind(args.addr).await?;
                 tracing::info!(addr = %listener.local_addr()?, name = %args.name, "echo backend listening");
-                demo::echo::serve(listener, args.name).await;
+                demo::echo::serve_with_delay(listener, args.name, std::time::Duration::from_millis(args.delay_ms))
+                    .await;
                 Ok(())
             }
             Command::Crd => {

@@ -11,15 +11,18 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource};
 use serde_json::json;
+use switchyard_crds::BalancerPolicy;
 use switchyard_dataplane::metrics::Metrics;
 use tokio::sync::watch;
 
-use crate::compile::Diagnostic;
+use crate::compile::{Diagnostic, Reason};
 use crate::source::cluster::Stores;
 use crate::world::ObjectKey;
 
@@ -94,7 +97,68 @@ impl StatusWriter {
             Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "cannot read the publish Service; Ingress status not updated"),
         }
+        self.write_policy_status(input).await;
         self.record_events(input).await;
+    }
+
+    /// `Accepted` and `ResolvedRefs` conditions, with `observedGeneration`,
+    /// on every BalancerPolicy; written only when they change.
+    async fn write_policy_status(&self, input: &StatusInput) {
+        for policy in self.stores.policies.state() {
+            let key = ObjectKey::of(&policy.metadata);
+            let generation = policy.metadata.generation;
+            let mine: Vec<&Diagnostic> =
+                input.diagnostics.iter().filter(|d| d.kind == "BalancerPolicy" && d.object == key).collect();
+            let find = |reasons: &[Reason]| mine.iter().find(|d| reasons.contains(&d.reason)).copied();
+            let accepted = match find(&[Reason::PolicyConflict, Reason::InvalidPolicy]) {
+                Some(d) => ("False", d.reason.as_str(), d.message.clone()),
+                None => ("True", "Accepted", "the policy is in force".to_string()),
+            };
+            let resolved = match find(&[Reason::TargetNotFound]) {
+                Some(d) => ("False", d.reason.as_str(), d.message.clone()),
+                None => ("True", "ResolvedRefs", "the target Service exists".to_string()),
+            };
+            let old = policy.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            let conditions: Vec<Condition> = [("Accepted", accepted), ("ResolvedRefs", resolved)]
+                .into_iter()
+                .map(|(kind, (status, reason, message))| {
+                    let previous = old.iter().find(|c| c.type_ == kind);
+                    let last_transition_time = match previous {
+                        Some(c) if c.status == status => c.last_transition_time.clone(),
+                        _ => Time(Timestamp::now()),
+                    };
+                    Condition {
+                        type_: kind.to_string(),
+                        status: status.to_string(),
+                        reason: reason.to_string(),
+                        message,
+                        observed_generation: generation,
+                        last_transition_time,
+                    }
+                })
+                .collect();
+            let unchanged = policy.status.as_ref().is_some_and(|s| {
+                s.observed_generation == generation
+                    && s.conditions.len() == conditions.len()
+                    && s.conditions.iter().zip(&conditions).all(|(a, b)| {
+                        (&a.type_, &a.status, &a.reason, &a.message, a.observed_generation)
+                            == (&b.type_, &b.status, &b.reason, &b.message, b.observed_generation)
+                    })
+            });
+            if unchanged {
+                continue;
+            }
+            let api = Api::<BalancerPolicy>::namespaced(self.client.clone(), &key.namespace);
+            let body = json!({"status": {"observedGeneration": generation, "conditions": conditions}});
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            match api.patch_status(&key.name, &params, &Patch::Merge(&body)).await {
+                Ok(_) => self.metrics.status_writes.with_label_values(&["BalancerPolicy", "ok"]).inc(),
+                Err(err) => {
+                    self.metrics.status_writes.with_label_values(&["BalancerPolicy", "error"]).inc();
+                    tracing::warn!(policy = %key, error = %err, "cannot write BalancerPolicy status");
+                }
+            }
+        }
     }
 
     async fn addresses(&self) -> kube::Result<Option<Vec<IngressLoadBalancerIngress>>> {

@@ -49,6 +49,7 @@ impl AdminState {
             "/readyz" if self.snapshots.is_ready() => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first configuration\n"),
             "/metrics" => {
+                self.refresh_in_flight();
                 let mut resp = text(StatusCode::OK, self.metrics.render());
                 resp.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -62,6 +63,24 @@ impl AdminState {
                 resp
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+impl AdminState {
+    /// Copies the live in-flight counters of the current snapshot's
+    /// endpoints into `switchyard_upstream_in_flight`.
+    fn refresh_in_flight(&self) {
+        let snapshot = self.snapshots.load();
+        let gauge = &self.metrics.upstream_in_flight;
+        gauge.reset();
+        for backend in &snapshot.backends {
+            for (i, endpoint) in backend.endpoints.iter().enumerate() {
+                let n = backend.load(i).map_or(0, |l| l.in_flight());
+                gauge
+                    .with_label_values(&[&*backend.service, &*endpoint.label])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
     }
 }

@@ -16,4 +16,7 @@ pub mod proxy;
 pub mod router;
 pub mod snapshot;
 
-pub use snapshot::{Backend, BalanceConfig, Endpoint, HashOn, PathKind, Route, Snapshot, SnapshotHandle};
+pub use snapshot::{
+    AffinityCookie, Backend, BalanceConfig, Endpoint, HashOn, PathKind, Route, Snapshot, SnapshotHandle,
+    affinity_digest,
+};

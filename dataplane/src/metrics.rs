@@ -27,6 +27,13 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// `switchyard_status_writes_total{kind,result}`
     pub status_writes: IntCounterVec,
+    /// `switchyard_upstream_requests_total{service,endpoint,code}`
+    pub upstream_requests: IntCounterVec,
+    /// `switchyard_upstream_in_flight{service,endpoint}`, refreshed from the
+    /// live counters at each scrape.
+    pub upstream_in_flight: prometheus::IntGaugeVec,
+    /// `switchyard_affinity_total{result}` (`hit`, `new`, `repinned`)
+    pub affinity: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -86,8 +93,32 @@ impl Metrics {
             &["kind", "result"],
         )
         .expect("valid metric");
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_requests_total",
+                "Requests forwarded, by service, endpoint and status code.",
+            ),
+            &["service", "endpoint", "code"],
+        )
+        .expect("valid metric");
+        let upstream_in_flight = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "switchyard_upstream_in_flight",
+                "Requests in flight (until the response body ends), by endpoint.",
+            ),
+            &["service", "endpoint"],
+        )
+        .expect("valid metric");
+        let affinity = IntCounterVec::new(
+            Opts::new("switchyard_affinity_total", "Sticky-session resolutions: hit, new or repinned."),
+            &["result"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(config_propagation.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_in_flight.clone()),
+            Box::new(affinity.clone()),
+            Box::new(config_propagation.clone()),
             Box::new(leader.clone()),
             Box::new(status_writes.clone()),
             Box::new(requests.clone()),
@@ -108,6 +139,9 @@ impl Metrics {
             config_propagation,
             leader,
             status_writes,
+            upstream_requests,
+            upstream_in_flight,
+            affinity,
         }
     }
 

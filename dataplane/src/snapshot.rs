@@ -4,6 +4,7 @@
 //! `compile`) and shared as `Arc<Snapshot>`. The request path does one
 //! lock-free load of the current snapshot and only borrows from it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,6 +67,12 @@ pub struct Backend {
     pub balance: BalanceConfig,
     #[serde(skip)]
     selector: Selector,
+    /// Affinity cookie value → endpoint index.
+    #[serde(skip)]
+    pinned: HashMap<u64, usize>,
+    /// Whether any endpoint is draining (terminating but still serving).
+    #[serde(skip)]
+    any_draining: bool,
     /// In-flight counters, one per endpoint, attached at publish time from
     /// the dataplane's registry so that they survive snapshot swaps.
     #[serde(skip)]
@@ -79,6 +86,25 @@ pub struct BalanceConfig {
     pub algorithm: Algorithm,
     /// What the hashing algorithms hash (`IPHash` always hashes the source).
     pub hash_on: HashOn,
+    /// Cookie session affinity, when the policy asks for it.
+    pub affinity: Option<AffinityCookie>,
+}
+
+/// Sticky sessions by cookie. The cookie's value is a digest of the
+/// endpoint's identity (`ip:port`), so every replica resolves it the same
+/// way with no shared state, and it survives scale-out.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AffinityCookie {
+    pub name: Arc<str>,
+    /// Everything after `name=value`: `; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax`.
+    pub attributes: Arc<str>,
+    /// Add `Secure` even on plain HTTP (it is always added on HTTPS).
+    pub secure: bool,
+}
+
+/// The affinity cookie value of an endpoint: a stable digest of `ip:port`.
+pub fn affinity_digest(addr: SocketAddr) -> u64 {
+    crate::balance::hash_key(addr.to_string().as_bytes())
 }
 
 fn algorithm_name<S: serde::Serializer>(a: &Algorithm, s: S) -> Result<S::Ok, S::Error> {
@@ -114,6 +140,8 @@ impl Backend {
         endpoints.dedup_by_key(|e| e.addr);
         let weighted: Vec<_> = endpoints.iter().map(|e| WeightedEndpoint { addr: e.addr, weight: e.weight }).collect();
         let selector = Selector::build(balance.algorithm, &weighted);
+        let pinned = endpoints.iter().enumerate().map(|(i, e)| (affinity_digest(e.addr), i)).collect();
+        let any_draining = endpoints.iter().any(|e| e.draining);
         Self {
             id: id.into(),
             service: service.into(),
@@ -121,6 +149,8 @@ impl Backend {
             unavailable: None,
             balance,
             selector,
+            pinned,
+            any_draining,
             loads: Box::default(),
         }
     }
@@ -134,10 +164,29 @@ impl Backend {
 
     /// Picks the endpoint for the next request (`hash_key`: for the hashing
     /// algorithms), or `None` when there is none.
+    /// Draining endpoints get no new requests.
     pub fn pick_endpoint(&self, hash_key: Option<u64>) -> Option<usize> {
-        let ctx =
-            crate::balance::PickContext { hash_key, loads: &self.loads, available: crate::balance::Availability::All };
-        self.selector.pick(&ctx).filter(|&i| i < self.endpoints.len())
+        self.pick_endpoint_except(hash_key, None)
+    }
+
+    /// Like [`pick_endpoint`](Self::pick_endpoint), never returning
+    /// `exclude` (an endpoint that just failed).
+    pub fn pick_endpoint_except(&self, hash_key: Option<u64>, exclude: Option<usize>) -> Option<usize> {
+        use crate::balance::{Availability, PickContext};
+        let eligible = |i: usize| Some(i) != exclude && self.endpoints.get(i).is_some_and(|e| !e.draining);
+        let available = if exclude.is_none() && !self.any_draining {
+            Availability::All
+        } else {
+            Availability::Predicate(&eligible)
+        };
+        let ctx = PickContext { hash_key, loads: &self.loads, available };
+        self.selector.pick(&ctx).filter(|&i| eligible(i))
+    }
+
+    /// The endpoint an affinity cookie value names, if it still serves
+    /// (draining endpoints keep their sessions).
+    pub fn pinned_endpoint(&self, digest: u64) -> Option<usize> {
+        self.pinned.get(&digest).copied()
     }
 
     /// The in-flight counter of endpoint `i` (attached at publish).
@@ -157,15 +206,21 @@ pub struct Endpoint {
     pub zone: Option<Arc<str>>,
     /// Relative share (BalancerPolicy `endpointWeights`; default 1).
     pub weight: u32,
+    /// Terminating but still serving: keeps its sticky sessions, gets no
+    /// new requests.
+    pub draining: bool,
     /// `ip:port` (IPv6 bracketed) pre-parsed for building upstream URIs.
     #[serde(skip)]
     pub authority: Authority,
+    /// `ip:port`, the metrics label.
+    #[serde(skip)]
+    pub label: Arc<str>,
 }
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
         let authority = Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
-        Self { addr, pod: None, zone: None, weight: 1, authority }
+        Self { addr, pod: None, zone: None, weight: 1, draining: false, label: addr.to_string().into(), authority }
     }
 }
 

@@ -128,3 +128,174 @@ async fn consistent_hash_keeps_clients_and_moves_only_those_of_a_removed_endpoin
     }
     assert_eq!(moved_others, 0, "clients of the other endpoints do not move");
 }
+
+const STICKY: &str =
+    "  sessionAffinity:\n    type: Cookie\n    cookie: {name: SY, ttl: 1h, path: /, sameSite: Lax, httpOnly: true}\n";
+
+fn set_cookie(r: &Reply) -> Option<String> {
+    r.headers.get("set-cookie").map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+}
+
+async fn with_cookie(p: std::net::SocketAddr, cookie: &str) -> Reply {
+    let req = Request::get(format!("http://{p}/")).header("host", "a.test").header("cookie", cookie);
+    send(p, req.body(Full::default()).unwrap()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_pins_across_replicas_repins_when_the_backend_dies_and_holds_websockets() {
+    let mut echoes: Vec<_> =
+        (1..=3).map(|i| (format!("web-{i}"), EchoProcess::start(&format!("web-{i}"), 0))).collect();
+    let eps: Vec<_> = echoes.iter().map(|(n, e)| (n.clone(), e.addr)).collect();
+    let files = [
+        ("b.yaml", service(NS, "web") + &endpoint_slice(NS, "web", &eps)),
+        ("i.yaml", ingress()),
+        ("p.yaml", policy(STICKY)),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let one = Standalone::start(&files).await;
+    let two = Standalone::start(&files).await;
+
+    // First response sets the cookie with the configured attributes.
+    let first = get(one.http, "a.test", "/").await.unwrap();
+    let raw = first.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(raw.contains("; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"), "{raw}");
+    let cookie = set_cookie(&first).unwrap();
+    let pinned = first.backend();
+    // 50 requests with the cookie stay on one endpoint, and no new cookie is set.
+    for _ in 0..50 {
+        let r = with_cookie(one.http, &cookie).await;
+        assert_eq!(r.backend(), pinned);
+        assert!(r.headers.get("set-cookie").is_none());
+    }
+    // Another replica, no shared state, resolves the same cookie to the same endpoint.
+    for _ in 0..10 {
+        assert_eq!(with_cookie(two.http, &cookie).await.backend(), pinned);
+    }
+    // A WebSocket opened with the cookie lands on the pinned endpoint.
+    let tcp = tokio::net::TcpStream::connect(one.http).await.unwrap();
+    let mut ws_req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request("ws://a.test/ws").unwrap();
+    ws_req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(ws_req, tcp).await.unwrap();
+    futures_util::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::text("hi")).await.unwrap();
+    let echo = futures_util::StreamExt::next(&mut ws).await.unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), format!("{pinned}:hi"));
+
+    // The pinned backend dies: the next request goes elsewhere and the cookie is reissued.
+    echoes.iter_mut().find(|(n, _)| *n == pinned).unwrap().1.kill();
+    let r = with_cookie(one.http, &cookie).await;
+    assert_eq!(r.status, StatusCode::OK, "connect failure retried on another endpoint: {r:?}");
+    assert_ne!(r.backend(), pinned);
+    let new_cookie = set_cookie(&r).expect("cookie reissued");
+    assert_ne!(new_cookie, cookie);
+    for _ in 0..10 {
+        assert_eq!(with_cookie(one.http, &new_cookie).await.backend(), r.backend());
+    }
+    let metrics = get(one.admin, "x", "/metrics").await.unwrap().body;
+    for result in ["hit", "new", "repinned"] {
+        assert!(metrics.contains(&format!("switchyard_affinity_total{{result=\"{result}\"}}")), "{result}: {metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_of_two_choices_avoids_a_slow_endpoint() {
+    let echoes = [("fast-1", 0), ("fast-2", 0), ("slow-1", 400)]
+        .map(|(name, delay)| (name.to_string(), EchoProcess::start(name, delay)));
+    let eps: Vec<_> = echoes.iter().map(|(n, e)| (n.clone(), e.addr)).collect();
+    let proxy = Standalone::start(&[
+        ("b.yaml", &(service(NS, "web") + &endpoint_slice(NS, "web", &eps))),
+        ("i.yaml", &ingress()),
+        ("p.yaml", &policy("  algorithm: PowerOfTwoChoices\n")),
+    ])
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..45 {
+        tasks.push(tokio::spawn(get(proxy.http, "a.test", "/")));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for t in tasks {
+        *seen.entry(t.await.unwrap().unwrap().backend()).or_default() += 1;
+    }
+    let slow = seen.get("slow-1").copied().unwrap_or(0);
+    assert!(slow <= 6, "the slow endpoint (fair share 15) gets few requests: {seen:?}");
+    assert!(seen.len() >= 2, "{seen:?}");
+}
+
+/// GET through the proxy from a given loopback source address.
+async fn get_from(proxy: std::net::SocketAddr, source: std::net::IpAddr) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let tcp = socket.connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/").header("host", "a.test").body(Full::<bytes::Bytes>::default()).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    json["backend"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_hash_keeps_each_client_and_removal_moves_only_its_clients() {
+    let (backends, eps) = pool(&["web-1", "web-2", "web-3", "web-4"]).await;
+    let proxy = Standalone::start(&[
+        ("b.yaml", &backends),
+        ("i.yaml", &ingress()),
+        ("p.yaml", &policy("  algorithm: IPHash\n")),
+    ])
+    .await;
+    let clients: Vec<std::net::IpAddr> = (2..42).map(|i| std::net::IpAddr::from([127, 0, 0, i])).collect();
+    let mut placement = BTreeMap::new();
+    for ip in &clients {
+        let a = get_from(proxy.http, *ip).await;
+        assert_eq!(get_from(proxy.http, *ip).await, a, "client {ip} stays on one endpoint");
+        placement.insert(*ip, a);
+    }
+    let distinct: std::collections::BTreeSet<_> = placement.values().collect();
+    assert!(distinct.len() >= 3, "40 clients spread over the pool: {placement:?}");
+    let victim = placement[&clients[0]].clone();
+    let remaining: Vec<_> = eps.iter().filter(|(pod, _)| *pod != victim).cloned().collect();
+    proxy.write("b.yaml", &(service(NS, "web") + &endpoint_slice(NS, "web", &remaining)));
+    eventually(proxy.admin, "x", "/debug/snapshot", Duration::from_secs(5), |r| {
+        r.json()["backends"][0]["endpoints"].as_array().is_some_and(|e| e.len() == 3)
+    })
+    .await;
+    for ip in &clients {
+        let now = get_from(proxy.http, *ip).await;
+        if placement[ip] != victim {
+            assert_eq!(now, placement[ip], "client {ip} of a surviving endpoint does not move");
+        } else {
+            assert_ne!(now, victim);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_endpoint_keeps_its_sessions_but_gets_no_new_ones() {
+    let (backends, eps) = pool(&["web-1", "web-2"]).await;
+    let proxy = Standalone::start(&[("b.yaml", &backends), ("i.yaml", &ingress()), ("p.yaml", &policy(STICKY))]).await;
+    let first = get(proxy.http, "a.test", "/").await.unwrap();
+    let (cookie, pinned) = (set_cookie(&first).unwrap(), first.backend());
+    // The pinned endpoint starts terminating (ready: false, serving: true).
+    let mut slices = service(NS, "web");
+    for (pod, addr) in &eps {
+        let conditions =
+            if *pod == pinned { "{ready: false, serving: true, terminating: true}" } else { "{ready: true}" };
+        slices += &format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-{pod}, namespace: {NS}, \
+             labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\n\
+             endpoints: [{{addresses: [\"{}\"], conditions: {conditions}}}]\n",
+            addr.port(),
+            addr.ip()
+        );
+    }
+    proxy.write("b.yaml", &slices);
+    eventually(proxy.admin, "x", "/debug/snapshot", Duration::from_secs(5), |r| r.body.contains("\"draining\": true"))
+        .await;
+    for _ in 0..10 {
+        assert_eq!(with_cookie(proxy.http, &cookie).await.backend(), pinned, "existing session continues");
+    }
+    let fresh = counts(proxy.http, 10, None).await;
+    assert!(!fresh.contains_key(&pinned), "no new sessions on the draining endpoint: {fresh:?}");
+}

@@ -340,3 +340,79 @@ async fn publish_service_load_balancer_address_is_written() {
     .await;
     drop(ctl);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancer_policy_is_applied_and_its_status_written_by_the_leader() {
+    use switchyard_crds::BalancerPolicy;
+    let c = cluster().await;
+    let ns = c.fresh_namespace("policy").await;
+    let mut net = Netns::create(2);
+    let eps: Vec<_> =
+        (0..2).map(|i| (format!("web-{}", i + 1), net.start_echo(BIN, i, &format!("web-{}", i + 1)))).collect();
+    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
+    let all: Vec<_> = eps.iter().map(|(pod, a)| (pod.as_str(), *a, true)).collect();
+    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &all)).await;
+    let ctl = Switchyard::start_run(&c.kubeconfig, &run_args(&ns, "15s"), true).await;
+    // Installed while the controller runs: its policy watch picks it up.
+    c.install_crd().await;
+    c.apply::<Ingress>(Some(&ns), ingress(&ns, "web", Some("switchyard"), "a.test", "web")).await;
+    let bp = |name: &str, target: &str, body: serde_json::Value| {
+        let mut spec = json!({"targetRef": {"kind": "Service", "name": target}});
+        spec.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "BalancerPolicy",
+               "metadata": {"name": name, "namespace": ns}, "spec": spec})
+    };
+    c.apply::<BalancerPolicy>(
+        Some(&ns),
+        bp(
+            "sticky",
+            "web",
+            json!({"algorithm": "RoundRobin", "sessionAffinity": {"type": "Cookie", "cookie": {"name": "SY"}}}),
+        ),
+    )
+    .await;
+    // The policy applies: the first answer sets the affinity cookie, and the cookie pins.
+    let cookie = wait_for("affinity cookie", WAIT, || async {
+        let r = get(ctl.http, "a.test", "/").await.ok()?;
+        r.headers.get("set-cookie").map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+    })
+    .await;
+    let pinned = {
+        let req =
+            http::Request::get(format!("http://{}/", ctl.http)).header("host", "a.test").header("cookie", &cookie);
+        send(ctl.http, req.body(Default::default()).unwrap()).await.unwrap().backend()
+    };
+    for _ in 0..10 {
+        let req =
+            http::Request::get(format!("http://{}/", ctl.http)).header("host", "a.test").header("cookie", &cookie);
+        assert_eq!(send(ctl.http, req.body(Default::default()).unwrap()).await.unwrap().backend(), pinned);
+    }
+    // A second policy on the same Service is rejected; one with a missing target is unresolved.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has 1 s resolution
+    c.apply::<BalancerPolicy>(Some(&ns), bp("rival", "web", json!({"algorithm": "LeastConnections"}))).await;
+    c.apply::<BalancerPolicy>(Some(&ns), bp("orphan", "missing", json!({"algorithm": "IPHash"}))).await;
+    let api = Api::<BalancerPolicy>::namespaced(c.client.clone(), &ns);
+    let condition = |name: &'static str, kind: &'static str| {
+        let api = api.clone();
+        async move {
+            let p = api.get(name).await.ok()?;
+            let status = p.status?;
+            let c = status.conditions.into_iter().find(|c| c.type_ == kind)?;
+            Some((c.status, c.reason, c.observed_generation))
+        }
+    };
+    let got = wait_for("sticky accepted", WAIT, || condition("sticky", "Accepted")).await;
+    assert_eq!(got, ("True".into(), "Accepted".into(), Some(1)));
+    let got = wait_for("rival conflicted", WAIT, || async {
+        condition("rival", "Accepted").await.filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(got.1, "PolicyConflict");
+    let got = wait_for("orphan unresolved", WAIT, || async {
+        condition("orphan", "ResolvedRefs").await.filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(got.1, "TargetNotFound");
+    assert_eq!(condition("sticky", "ResolvedRefs").await.unwrap().0, "True");
+    net.stop_echo("web-1");
+}

@@ -69,3 +69,27 @@ impl Cluster {
         api.patch(&name, &PatchParams::apply("switchyard-e2e").force(), &Patch::Apply(&object)).await.unwrap()
     }
 }
+
+impl Cluster {
+    /// Installs (server-side applies) the BalancerPolicy CRD and waits until
+    /// it is Established. Idempotent: tests running at once may all call it.
+    pub async fn install_crd(&self) {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&switchyard_crds::crd_yaml()).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        let api = Api::<CustomResourceDefinition>::all(self.client.clone());
+        api.patch(&name, &PatchParams::apply("switchyard-e2e").force(), &Patch::Apply(&crd)).await.unwrap();
+        for _ in 0..200 {
+            let crd = api.get(&name).await.unwrap();
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            if established {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("CRD {name} not established in 10 s");
+    }
+}

@@ -244,3 +244,39 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A `switchyard echo` backend in its own process (so that killing it closes
+/// every connection, pooled ones included), on a free loopback port.
+pub struct EchoProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl EchoProcess {
+    pub fn start(name: &str, delay_ms: u64) -> Self {
+        let addr = free_addr();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["echo", "--addr", &addr.to_string(), "--name", name, "--delay-ms", &delay_ms.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn echo");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "echo {name} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { addr, child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -4,7 +4,9 @@
 //! (<https://kubernetes.io/docs/concepts/services-networking/endpoint-slices/>):
 //! slices belong to a Service by the `kubernetes.io/service-name` label,
 //! their ports match the Service port by *name*, and an endpoint whose
-//! `conditions.ready` is absent counts as ready.
+//! `conditions.ready` is absent counts as ready. A not-ready endpoint that
+//! is `terminating` but still `serving` is kept as *draining*: no new
+//! requests, but its sticky sessions continue until it is removed.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -139,8 +141,14 @@ fn endpoints_for(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint>
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if !ready {
+            let conditions = ep.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            // Terminating but still serving: keeps its sticky sessions,
+            // gets no new requests.
+            let draining = !ready
+                && conditions.and_then(|c| c.terminating) == Some(true)
+                && conditions.and_then(|c| c.serving) == Some(true);
+            if !ready && !draining {
                 continue;
             }
             let pod = ep.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| r.name.clone());
@@ -151,6 +159,7 @@ fn endpoints_for(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint>
                 let mut endpoint = Endpoint::new(SocketAddr::new(ip, number));
                 endpoint.pod = pod.as_deref().map(Into::into);
                 endpoint.zone = ep.zone.as_deref().map(Into::into);
+                endpoint.draining = draining;
                 out.push(endpoint);
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use switchyard_crds::{AffinityType, Algorithm as PolicyAlgorithm, BalancerPolicy, HashKey};
 use switchyard_dataplane::balance::Algorithm;
-use switchyard_dataplane::{BalanceConfig, Endpoint, HashOn};
+use switchyard_dataplane::{AffinityCookie, BalanceConfig, Endpoint, HashOn};
 
 use super::diagnostics::{Diagnostic, Reason};
 use crate::world::{ObjectKey, World};
@@ -82,7 +82,31 @@ pub(super) fn apply(policy: &BalancerPolicy, endpoints: &mut [Endpoint]) -> Bala
             HashKey::QueryParameter => HashOn::QueryParameter(name(&h.query_parameter)),
         },
     };
-    BalanceConfig { algorithm, hash_on }
+    BalanceConfig { algorithm, hash_on, affinity: affinity_cookie(policy) }
+}
+
+/// Default affinity cookie name.
+pub const DEFAULT_AFFINITY_COOKIE: &str = "SWITCHYARD_AFFINITY";
+
+/// The cookie of `sessionAffinity: {type: Cookie}`, attributes rendered once.
+fn affinity_cookie(policy: &BalancerPolicy) -> Option<AffinityCookie> {
+    let affinity = policy.spec.session_affinity.as_ref().filter(|a| a.kind == AffinityType::Cookie)?;
+    let c = affinity.cookie.as_ref();
+    let mut attributes = format!("; Path={}", c.and_then(|c| c.path.as_deref()).unwrap_or("/"));
+    if let Some(ttl) = c.and_then(|c| c.ttl.as_deref()).and_then(|t| switchyard_crds::parse_duration(t).ok()) {
+        attributes.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    if c.and_then(|c| c.http_only).unwrap_or(true) {
+        attributes.push_str("; HttpOnly");
+    }
+    let same_site = c.and_then(|c| c.same_site.as_deref()).unwrap_or("Lax");
+    attributes.push_str(&format!("; SameSite={same_site}"));
+    Some(AffinityCookie {
+        name: c.and_then(|c| c.name.as_deref()).unwrap_or(DEFAULT_AFFINITY_COOKIE).into(),
+        attributes: attributes.into(),
+        // Browsers drop SameSite=None cookies without Secure.
+        secure: c.and_then(|c| c.secure).unwrap_or(false) || same_site == "None",
+    })
 }
 
 /// `*` matches any run of characters; everything else literally. Greedy
@@ -149,12 +173,14 @@ pub(super) fn check_policies(world: &World, diagnostics: &mut Vec<Diagnostic>) {
                 ));
             }
         }
-        if spec.session_affinity.as_ref().is_some_and(|a| a.kind == AffinityType::Cookie) {
+        if let Some(ttl) = spec.session_affinity.as_ref().and_then(|a| a.cookie.as_ref()?.ttl.as_deref())
+            && let Err(err) = switchyard_crds::parse_duration(ttl)
+        {
             diagnostics.push(Diagnostic::new(
                 KIND,
                 key,
-                Reason::NotImplemented,
-                "cookie session affinity is not implemented yet; requests are not pinned",
+                Reason::InvalidPolicy,
+                format!("sessionAffinity.cookie.ttl: {err}; using a session cookie"),
             ));
         }
     }

@@ -29,6 +29,11 @@ type EchoBody = BoxBody<Bytes, Infallible>;
 
 /// Serves the echo backend named `name` on `listener` forever.
 pub async fn serve(listener: TcpListener, name: impl Into<Arc<str>>) {
+    serve_with_delay(listener, name, Duration::ZERO).await;
+}
+
+/// Like [`serve`], delaying every answer by `delay` (a slow backend).
+pub async fn serve_with_delay(listener: TcpListener, name: impl Into<Arc<str>>, delay: Duration) {
     let name: Arc<str> = name.into();
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -38,7 +43,15 @@ pub async fn serve(listener: TcpListener, name: impl Into<Arc<str>>) {
         };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
-        let service = service_fn(move |req| handle(name.clone(), req));
+        let service = service_fn(move |req| {
+            let name = name.clone();
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                handle(name, req).await
+            }
+        });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {
             let _ = conn.await;

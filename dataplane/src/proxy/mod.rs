@@ -4,6 +4,7 @@
 //! (WebSocket) is tunnelled, and upstream connections are pooled and shared
 //! by every worker thread.
 
+mod affinity;
 mod body;
 mod hash_key;
 mod headers;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -26,10 +27,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::InFlightGuard;
 use crate::metrics::Metrics;
-use crate::snapshot::{Endpoint, SnapshotHandle};
+use crate::snapshot::{Backend, Endpoint, SnapshotHandle};
 
 pub use body::GuardedBody;
 pub use local::local_response;
+
+/// Request body toward the upstream: the client's, or empty for a retry.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 /// Response body: the upstream's streamed body, or a short local answer.
 pub type ProxyBody = Either<GuardedBody, Full<Bytes>>;
@@ -68,7 +72,7 @@ pub struct ConnInfo {
 pub struct Proxy {
     snapshots: Arc<SnapshotHandle>,
     metrics: Arc<Metrics>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     config: ProxyConfig,
 }
 
@@ -121,38 +125,88 @@ impl Proxy {
             return Ok(local_response(StatusCode::NOT_FOUND, "no route for this host and path"));
         };
         let backend = &snapshot.backends[route.backend];
-        let key = hash_key::request_hash(&req, &conn, &backend.balance);
-        let response = match (&backend.unavailable, backend.pick_endpoint(key)) {
-            (Some(reason), _) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
-            (None, None) => local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no ready endpoints for service {}", backend.service),
-            ),
-            (None, Some(i)) => {
-                let endpoint = &backend.endpoints[i];
-                let load = backend.load(i);
-                match self.forward(req, endpoint, conn, load.map(|l| l.start())).await {
-                    Ok(resp) => {
-                        if let Some(load) = load {
-                            load.observe_latency(start.elapsed());
-                        }
-                        resp.map(Either::Left)
-                    }
-                    Err(err) => {
-                        tracing::debug!(endpoint = %endpoint.addr, service = %backend.service, error = %err, "forward failed");
-                        local_response(err.status(), &err.to_string())
-                    }
-                }
-            }
+        let response = match &backend.unavailable {
+            Some(reason) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
+            None => self.balance_and_forward(req, backend, conn, start).await,
         };
         self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, response.status().as_str()]).inc();
         self.metrics.request_duration.with_label_values(&[&*backend.service]).observe(start.elapsed().as_secs_f64());
         Ok(response)
     }
 
+    /// Picks the endpoint (affinity cookie first, then the backend's
+    /// algorithm), forwards, and retries a request without a body once on
+    /// another endpoint when the first one refuses the connection (nothing
+    /// reached it, so this is safe for any method).
+    async fn balance_and_forward(
+        &self,
+        req: Request<Incoming>,
+        backend: &Backend,
+        conn: ConnInfo,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let key = hash_key::request_hash(&req, &conn, &backend.balance);
+        let affinity = backend.balance.affinity.as_ref();
+        let presented = affinity.and_then(|a| affinity::presented(&req, a));
+        let first = presented.and_then(|d| backend.pinned_endpoint(d)).or_else(|| backend.pick_endpoint(key));
+        let Some(mut chosen) = first else {
+            return local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no ready endpoints for service {}", backend.service),
+            );
+        };
+        let replay = replayable_head(&req);
+        let mut result = self.forward_to(req.map(Either::Left), backend, chosen, conn).await;
+        if let (Err(ForwardError::Connect), Some(head)) = (&result, replay)
+            && let Some(other) = backend.pick_endpoint_except(key, Some(chosen))
+        {
+            tracing::debug!(service = %backend.service, failed = %backend.endpoints[chosen].addr,
+                retry = %backend.endpoints[other].addr, "connect failed; retrying on another endpoint");
+            chosen = other;
+            let req = Request::from_parts(head, Either::Right(Empty::new()));
+            result = self.forward_to(req, backend, chosen, conn).await;
+        }
+        let endpoint = &backend.endpoints[chosen];
+        let mut response = match result {
+            Ok(resp) => {
+                if let Some(load) = backend.load(chosen) {
+                    load.observe_latency(start.elapsed());
+                }
+                resp.map(Either::Left)
+            }
+            Err(err) => {
+                tracing::debug!(endpoint = %endpoint.addr, service = %backend.service, error = %err, "forward failed");
+                local_response(err.status(), &err.to_string())
+            }
+        };
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[&*backend.service, &endpoint.label, response.status().as_str()])
+            .inc();
+        if let Some(cookie) = affinity {
+            let outcome = affinity::outcome(presented, endpoint.addr);
+            self.metrics.affinity.with_label_values(&[outcome.as_str()]).inc();
+            if outcome != affinity::Outcome::Hit {
+                affinity::set_cookie(response.headers_mut(), cookie, endpoint.addr, conn.tls);
+            }
+        }
+        response
+    }
+
+    async fn forward_to(
+        &self,
+        req: Request<UpstreamBody>,
+        backend: &Backend,
+        i: usize,
+        conn: ConnInfo,
+    ) -> Result<Response<GuardedBody>, ForwardError> {
+        let guard = backend.load(i).map(|l| l.start());
+        self.forward(req, &backend.endpoints[i], conn, guard).await
+    }
+
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
         endpoint: &Endpoint,
         conn: ConnInfo,
         guard: Option<InFlightGuard>,
@@ -189,6 +243,20 @@ impl Proxy {
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp.map(|b| GuardedBody::new(b, guard)))
     }
+}
+
+/// The head of a request that can be sent again: no body, no upgrade.
+fn replayable_head(req: &Request<Incoming>) -> Option<http::request::Parts> {
+    use http_body::Body as _;
+    if !req.body().is_end_stream() || upgrade::requested(req).is_some() {
+        return None;
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = req.method().clone();
+    parts.uri = req.uri().clone();
+    parts.version = req.version();
+    parts.headers = req.headers().clone();
+    Some(parts)
 }
 
 /// Requests whose target is ambiguous are refused (RFC 9110 §7.2, RFC 9112
