@@ -69,6 +69,11 @@ pub struct DataplaneArgs {
     /// accepting (lets load balancers notice).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For is believed:
+    /// the client address is then the rightmost untrusted hop (for
+    /// X-Real-IP, IPHash and logs). Default: none.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// On SIGTERM: how long in-flight requests may still run.
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -50,6 +50,7 @@ impl Dataplane {
         let proxy_config = ProxyConfig {
             connect_timeout: self.args.connect_timeout,
             upstream_timeout: self.args.upstream_timeout,
+            trusted_proxies: self.args.trusted_proxies.clone(),
             ..ProxyConfig::default()
         };
         let listener_config = ListenerConfig {

@@ -358,3 +358,21 @@ async fn ambiguous_hosts_are_refused_and_only_websocket_upgrades_pass() {
     assert!(!reply.to_ascii_lowercase().contains("\"upgrade\""), "Upgrade must not reach the backend: {reply}");
     assert!(!reply.to_ascii_lowercase().contains("http2-settings"), "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_is_extended_only_behind_trusted_proxies() {
+    let rules = format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/", "Prefix", "api"));
+    let proxy = Standalone::start_with(
+        &[("backends.yaml", &backends().await), ("main.yaml", &ingress("main", &rules))],
+        &["--trusted-proxies", "127.0.0.0/8,10.0.0.0/8"],
+    )
+    .await;
+    let req = Request::get(format!("http://{}/", proxy.http))
+        .header("host", "a.test")
+        .header("x-forwarded-for", "198.51.100.7, 10.1.2.3")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let h = send(proxy.http, req).await.unwrap().json()["headers"].clone();
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.1.2.3, 127.0.0.1");
+    assert_eq!(h["x-real-ip"], "198.51.100.7", "rightmost untrusted hop");
+}

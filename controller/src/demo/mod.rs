@@ -56,6 +56,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             upstream_timeout: std::time::Duration::from_secs(60),
             header_read_timeout: std::time::Duration::from_secs(30),
             shutdown_delay: std::time::Duration::ZERO,
+            trusted_proxies: Vec::new(),
             drain_timeout: std::time::Duration::from_secs(5),
         },
         classes: ClassArgs {

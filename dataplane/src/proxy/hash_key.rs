@@ -2,15 +2,16 @@
 
 use http::{Request, header};
 
-use super::ConnInfo;
+use std::net::IpAddr;
+
 use crate::balance::{Algorithm, hash_ip, hash_key};
 use crate::snapshot::{BalanceConfig, HashOn};
 
 /// `None` for the non-hashing algorithms, or when the request lacks the
 /// attribute (the selector then falls back to weighted rotation).
-pub(super) fn request_hash<B>(req: &Request<B>, conn: &ConnInfo, balance: &BalanceConfig) -> Option<u64> {
+pub(super) fn request_hash<B>(req: &Request<B>, client_ip: IpAddr, balance: &BalanceConfig) -> Option<u64> {
     match (balance.algorithm, &balance.hash_on) {
-        (Algorithm::IpHash, _) | (Algorithm::ConsistentHash, HashOn::SourceIp) => Some(hash_ip(conn.peer.ip())),
+        (Algorithm::IpHash, _) | (Algorithm::ConsistentHash, HashOn::SourceIp) => Some(hash_ip(client_ip)),
         (Algorithm::ConsistentHash, HashOn::Header(name)) => req.headers().get(&**name).map(|v| hash_key(v.as_bytes())),
         (Algorithm::ConsistentHash, HashOn::Cookie(name)) => req
             .headers()

@@ -4,7 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
-use super::ConnInfo;
+use super::ClientInfo;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -16,7 +16,8 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Rewrites a downstream request's head for the upstream: hop-by-hop fields
 /// removed (an upgrade is re-declared), Host kept, `X-Forwarded-*` set.
-pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, conn: ConnInfo) {
+pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, client: ClientInfo) {
+    let conn = client.conn;
     let headers = &mut parts.headers;
     // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need Host.
     if !headers.contains_key(header::HOST)
@@ -31,11 +32,16 @@ pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, c
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    // Client-supplied X-Forwarded-For is not trusted: it is replaced by the
-    // connection's peer address.
-    let peer_ip = HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a valid header value");
-    headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
-    headers.insert(X_REAL_IP.clone(), peer_ip);
+    // X-Forwarded-For from the client is kept (and our peer appended) only
+    // when the peer is a trusted proxy; otherwise it is replaced by the peer.
+    let peer = conn.peer.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(chain) if client.via_trusted_proxy => format!("{chain}, {peer}"),
+        _ => peer,
+    };
+    let ip_value = |s: &str| HeaderValue::from_str(s).expect("IP addresses are valid header values");
+    headers.insert(X_FORWARDED_FOR.clone(), ip_value(&forwarded_for));
+    headers.insert(X_REAL_IP.clone(), ip_value(&client.ip.to_string()));
     let proto = if conn.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(conn.local.port()));
@@ -75,8 +81,13 @@ mod tests {
     use super::*;
     use http::Request;
 
-    fn conn() -> ConnInfo {
-        ConnInfo { peer: "192.0.2.7:5555".parse().unwrap(), local: "127.0.0.1:8080".parse().unwrap(), tls: false }
+    fn conn() -> ClientInfo {
+        let conn = super::super::ConnInfo {
+            peer: "192.0.2.7:5555".parse().unwrap(),
+            local: "127.0.0.1:8080".parse().unwrap(),
+            tls: false,
+        };
+        ClientInfo { conn, ip: conn.peer.ip(), via_trusted_proxy: false }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod affinity;
 mod body;
+mod client_ip;
 mod hash_key;
 mod headers;
 mod local;
@@ -47,6 +48,8 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub pool_idle_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ProxyConfig {
@@ -55,6 +58,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -65,6 +69,16 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+}
+
+/// Per-request facts derived from the connection and trusted headers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientInfo {
+    pub conn: ConnInfo,
+    /// The client's address (see `client_ip`).
+    pub ip: std::net::IpAddr,
+    /// Whether the peer is a trusted proxy (its X-Forwarded-For is kept).
+    pub via_trusted_proxy: bool,
 }
 
 /// Shared by every connection of every listener.
@@ -127,7 +141,15 @@ impl Proxy {
         let backend = &snapshot.backends[route.backend];
         let response = match &backend.unavailable {
             Some(reason) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
-            None => self.balance_and_forward(req, backend, conn, start).await,
+            None => {
+                let trusted = &self.config.trusted_proxies;
+                let client = ClientInfo {
+                    conn,
+                    ip: client_ip::client_ip(req.headers(), conn.peer.ip(), trusted),
+                    via_trusted_proxy: client_ip::is_trusted(conn.peer.ip(), trusted),
+                };
+                self.balance_and_forward(req, backend, client, start).await
+            }
         };
         self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, response.status().as_str()]).inc();
         self.metrics.request_duration.with_label_values(&[&*backend.service]).observe(start.elapsed().as_secs_f64());
@@ -142,10 +164,10 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         backend: &Backend,
-        conn: ConnInfo,
+        client: ClientInfo,
         start: Instant,
     ) -> Response<ProxyBody> {
-        let key = hash_key::request_hash(&req, &conn, &backend.balance);
+        let key = hash_key::request_hash(&req, client.ip, &backend.balance);
         let affinity = backend.balance.affinity.as_ref();
         let presented = affinity.and_then(|a| affinity::presented(&req, a));
         let first = presented.and_then(|d| backend.pinned_endpoint(d)).or_else(|| backend.pick_endpoint(key));
@@ -156,7 +178,7 @@ impl Proxy {
             );
         };
         let replay = replayable_head(&req);
-        let mut result = self.forward_to(req.map(Either::Left), backend, chosen, conn).await;
+        let mut result = self.forward_to(req.map(Either::Left), backend, chosen, client).await;
         if let (Err(ForwardError::Connect), Some(head)) = (&result, replay)
             && let Some(other) = backend.pick_endpoint_except(key, Some(chosen))
         {
@@ -164,7 +186,7 @@ impl Proxy {
                 retry = %backend.endpoints[other].addr, "connect failed; retrying on another endpoint");
             chosen = other;
             let req = Request::from_parts(head, Either::Right(Empty::new()));
-            result = self.forward_to(req, backend, chosen, conn).await;
+            result = self.forward_to(req, backend, chosen, client).await;
         }
         let endpoint = &backend.endpoints[chosen];
         let mut response = match result {
@@ -187,7 +209,7 @@ impl Proxy {
             let outcome = affinity::outcome(presented, endpoint.addr);
             self.metrics.affinity.with_label_values(&[outcome.as_str()]).inc();
             if outcome != affinity::Outcome::Hit {
-                affinity::set_cookie(response.headers_mut(), cookie, endpoint.addr, conn.tls);
+                affinity::set_cookie(response.headers_mut(), cookie, endpoint.addr, client.conn.tls);
             }
         }
         response
@@ -198,24 +220,24 @@ impl Proxy {
         req: Request<UpstreamBody>,
         backend: &Backend,
         i: usize,
-        conn: ConnInfo,
+        client: ClientInfo,
     ) -> Result<Response<GuardedBody>, ForwardError> {
         let guard = backend.load(i).map(|l| l.start());
-        self.forward(req, &backend.endpoints[i], conn, guard).await
+        self.forward(req, &backend.endpoints[i], client, guard).await
     }
 
     async fn forward(
         &self,
         mut req: Request<UpstreamBody>,
         endpoint: &Endpoint,
-        conn: ConnInfo,
+        client: ClientInfo,
         guard: Option<InFlightGuard>,
     ) -> Result<Response<GuardedBody>, ForwardError> {
         let upgrade = upgrade::requested(&req);
         let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        headers::prepare_request(&mut parts, upgrade, conn);
+        headers::prepare_request(&mut parts, upgrade, client);
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
