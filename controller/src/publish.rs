@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use switchyard_dataplane::SnapshotHandle;
+use switchyard_dataplane::health::active::Prober;
 use switchyard_dataplane::metrics::Metrics;
 
 use crate::compile::{ClassConfig, Compiled, Diagnostic, compile, count_by_reason};
@@ -18,11 +19,13 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     classes: ClassConfig,
     reported: BTreeSet<Diagnostic>,
+    prober: Prober,
 }
 
 impl Publisher {
     pub fn new(handle: Arc<SnapshotHandle>, metrics: Arc<Metrics>, classes: ClassConfig) -> Self {
-        Self { handle, metrics, classes, reported: BTreeSet::new() }
+        let prober = Prober::new(metrics.clone());
+        Self { handle, metrics, classes, reported: BTreeSet::new(), prober }
     }
 
     /// Compiles `world` and makes the result live. `origin` names where an
@@ -47,6 +50,7 @@ impl Publisher {
         let backends = compiled.snapshot.backends.len();
         let snapshot = std::mem::take(&mut compiled.snapshot);
         let generation = self.handle.publish(snapshot);
+        self.prober.reconcile(&self.handle.load());
         self.metrics.snapshot_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.metrics.config_reloads.with_label_values(&["applied"]).inc();
         tracing::info!(generation, vhosts, backends, ingresses = compiled.served_ingresses.len(), "snapshot live");

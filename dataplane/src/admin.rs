@@ -68,18 +68,22 @@ impl AdminState {
 }
 
 impl AdminState {
-    /// Copies the live in-flight counters of the current snapshot's
-    /// endpoints into `switchyard_upstream_in_flight`.
+    /// Copies the live in-flight counters and health of the current
+    /// snapshot's endpoints into `switchyard_upstream_in_flight` and
+    /// `switchyard_endpoint_healthy`.
     fn refresh_in_flight(&self) {
         let snapshot = self.snapshots.load();
         let gauge = &self.metrics.upstream_in_flight;
+        let healthy = &self.metrics.endpoint_healthy;
         gauge.reset();
+        healthy.reset();
         for backend in &snapshot.backends {
             for (i, endpoint) in backend.endpoints.iter().enumerate() {
+                let labels = [&*backend.service, &*endpoint.label];
                 let n = backend.load(i).map_or(0, |l| l.in_flight());
-                gauge
-                    .with_label_values(&[&*backend.service, &*endpoint.label])
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+                gauge.with_label_values(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+                let up = backend.health(i).is_none_or(|h| h.is_available()) && !endpoint.draining;
+                healthy.with_label_values(&labels).set(i64::from(up));
             }
         }
     }

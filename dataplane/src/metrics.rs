@@ -34,6 +34,12 @@ pub struct Metrics {
     pub upstream_in_flight: prometheus::IntGaugeVec,
     /// `switchyard_affinity_total{result}` (`hit`, `new`, `repinned`)
     pub affinity: IntCounterVec,
+    /// `switchyard_endpoint_health_transitions_total{service,to}`
+    /// (`healthy`, `unhealthy`, `ejected`)
+    pub health_transitions: IntCounterVec,
+    /// `switchyard_endpoint_healthy{service,endpoint}`: 1 when the endpoint
+    /// takes new requests; refreshed at scrape time.
+    pub endpoint_healthy: prometheus::IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -114,8 +120,26 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let health_transitions = IntCounterVec::new(
+            Opts::new(
+                "switchyard_endpoint_health_transitions_total",
+                "Endpoint health changes, by service and new state.",
+            ),
+            &["service", "to"],
+        )
+        .expect("valid metric");
+        let endpoint_healthy = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "switchyard_endpoint_healthy",
+                "1 when the endpoint takes new requests (active and passive checks).",
+            ),
+            &["service", "endpoint"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(upstream_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(health_transitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(endpoint_healthy.clone()),
+            Box::new(upstream_requests.clone()),
             Box::new(upstream_in_flight.clone()),
             Box::new(affinity.clone()),
             Box::new(config_propagation.clone()),
@@ -142,6 +166,8 @@ impl Metrics {
             upstream_requests,
             upstream_in_flight,
             affinity,
+            health_transitions,
+            endpoint_healthy,
         }
     }
 

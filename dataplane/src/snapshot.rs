@@ -14,6 +14,8 @@ use http::uri::Authority;
 use serde::Serialize;
 
 use crate::balance::{Algorithm, EndpointLoad, LoadRegistry, Selector, WeightedEndpoint};
+use crate::health::active::ActiveCheck;
+use crate::health::{EndpointHealth, HealthRegistry, PassiveConfig};
 use crate::router::Router;
 
 /// Everything one request needs to be routed and balanced.
@@ -77,6 +79,9 @@ pub struct Backend {
     /// the dataplane's registry so that they survive snapshot swaps.
     #[serde(skip)]
     pub(crate) loads: Box<[Arc<EndpointLoad>]>,
+    /// Health, one per endpoint, attached at publish from the dataplane's
+    /// registry (it outlives snapshots).
+    pub(crate) health: Box<[Arc<EndpointHealth>]>,
 }
 
 /// The balancing part of a backend, as compiled from a BalancerPolicy.
@@ -88,6 +93,10 @@ pub struct BalanceConfig {
     pub hash_on: HashOn,
     /// Cookie session affinity, when the policy asks for it.
     pub affinity: Option<AffinityCookie>,
+    /// Active health check, when the policy configures one.
+    pub active_check: Option<ActiveCheck>,
+    /// Passive outlier ejection (always on; policy or defaults).
+    pub passive: PassiveConfig,
 }
 
 /// Sticky sessions by cookie. The cookie's value is a digest of the
@@ -152,6 +161,7 @@ impl Backend {
             pinned,
             any_draining,
             loads: Box::default(),
+            health: Box::default(),
         }
     }
 
@@ -186,7 +196,26 @@ impl Backend {
     /// The endpoint an affinity cookie value names, if it still serves
     /// (draining endpoints keep their sessions).
     pub fn pinned_endpoint(&self, digest: u64) -> Option<usize> {
-        self.pinned.get(&digest).copied()
+        self.pinned.get(&digest).copied().filter(|&i| self.health.get(i).is_none_or(|h| h.is_available()))
+    }
+
+    /// The health of endpoint `i` (attached at publish).
+    pub fn health(&self, i: usize) -> Option<&Arc<EndpointHealth>> {
+        self.health.get(i)
+    }
+
+    /// Records a passive success or failure of endpoint `i`; returns the
+    /// ejection time when this failure ejected it. At most
+    /// `maxEjectionPercent` of the backend's endpoints are ejected at once.
+    pub fn record_outcome(&self, i: usize, failed: bool) -> Option<std::time::Duration> {
+        let health = self.health.get(i)?;
+        if !failed {
+            health.record_success();
+            return None;
+        }
+        let ejected = self.health.iter().filter(|h| h.is_ejected()).count();
+        let budget = self.health.len() * self.balance.passive.max_ejection_percent as usize / 100;
+        health.record_failure(&self.balance.passive, ejected < budget)
     }
 
     /// The in-flight counter of endpoint `i` (attached at publish).
@@ -235,6 +264,7 @@ pub struct SnapshotHandle {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
     loads: LoadRegistry,
+    health: HealthRegistry,
     ready: AtomicBool,
 }
 
@@ -244,6 +274,7 @@ impl Default for SnapshotHandle {
             current: ArcSwap::from_pointee(Snapshot::default()),
             generation: AtomicU64::new(0),
             loads: LoadRegistry::new(),
+            health: HealthRegistry::default(),
             ready: AtomicBool::new(false),
         }
     }
@@ -263,6 +294,7 @@ impl SnapshotHandle {
         snapshot.generation = generation;
         for backend in &mut snapshot.backends {
             backend.loads = self.loads.resolve(backend.endpoints.iter().map(|e| e.addr));
+            backend.health = self.health.resolve(backend.endpoints.iter().map(|e| e.addr));
         }
         self.current.store(Arc::new(snapshot));
         self.ready.store(true, Ordering::Release);

@@ -299,3 +299,30 @@ async fn a_draining_endpoint_keeps_its_sessions_but_gets_no_new_ones() {
     let fresh = counts(proxy.http, 10, None).await;
     assert!(!fresh.contains_key(&pinned), "no new sessions on the draining endpoint: {fresh:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_retried_around_then_ejected_with_no_failed_request() {
+    let mut echoes: Vec<_> =
+        (1..=3).map(|i| (format!("web-{i}"), EchoProcess::start(&format!("web-{i}"), 0))).collect();
+    let eps: Vec<_> = echoes.iter().map(|(n, e)| (n.clone(), e.addr)).collect();
+    let proxy = Standalone::start(&[
+        ("b.yaml", &(service(NS, "web") + &endpoint_slice(NS, "web", &eps))),
+        ("i.yaml", &ingress()),
+    ])
+    .await;
+    assert_eq!(counts(proxy.http, 6, None).await.len(), 3);
+    echoes[1].1.kill();
+    // Every GET still succeeds: a refused connection is retried elsewhere.
+    let seen = counts(proxy.http, 60, None).await;
+    assert!(!seen.contains_key("web-2"), "{seen:?}");
+    let metrics = get(proxy.admin, "x", "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains(r#"switchyard_endpoint_health_transitions_total{service="lb/web",to="ejected"} 1"#),
+        "five consecutive connect failures eject it: {metrics}"
+    );
+    let dead = eps[1].1.to_string();
+    assert!(
+        metrics.contains(&format!(r#"switchyard_endpoint_healthy{{endpoint="{dead}",service="lb/web"}} 0"#)),
+        "{metrics}"
+    );
+}

@@ -82,7 +82,7 @@ pub(super) fn apply(policy: &BalancerPolicy, endpoints: &mut [Endpoint]) -> Bala
             HashKey::QueryParameter => HashOn::QueryParameter(name(&h.query_parameter)),
         },
     };
-    BalanceConfig { algorithm, hash_on, affinity: affinity_cookie(policy) }
+    BalanceConfig { algorithm, hash_on, affinity: affinity_cookie(policy), ..BalanceConfig::default() }
 }
 
 /// Default affinity cookie name.

@@ -172,10 +172,8 @@ impl Proxy {
         let presented = affinity.and_then(|a| affinity::presented(&req, a));
         let first = presented.and_then(|d| backend.pinned_endpoint(d)).or_else(|| backend.pick_endpoint(key));
         let Some(mut chosen) = first else {
-            return local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no ready endpoints for service {}", backend.service),
-            );
+            let why = if backend.endpoints.is_empty() { "no ready endpoints" } else { "no healthy endpoints" };
+            return local_response(StatusCode::SERVICE_UNAVAILABLE, &format!("{why} for service {}", backend.service));
         };
         let replay = replayable_head(&req);
         let mut result = self.forward_to(req.map(Either::Left), backend, chosen, client).await;
@@ -184,11 +182,25 @@ impl Proxy {
         {
             tracing::debug!(service = %backend.service, failed = %backend.endpoints[chosen].addr,
                 retry = %backend.endpoints[other].addr, "connect failed; retrying on another endpoint");
+            if let Some(time) = backend.record_outcome(chosen, true) {
+                tracing::warn!(endpoint = %backend.endpoints[chosen].addr, service = %backend.service, ejection = ?time,
+                    reason = "passive: consecutive failures", "endpoint ejected");
+                self.metrics.health_transitions.with_label_values(&[&*backend.service, "ejected"]).inc();
+            }
             chosen = other;
             let req = Request::from_parts(head, Either::Right(Empty::new()));
             result = self.forward_to(req, backend, chosen, client).await;
         }
         let endpoint = &backend.endpoints[chosen];
+        let failed = match &result {
+            Err(ForwardError::Connect | ForwardError::Upstream) => true,
+            Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
+            Err(_) => false,
+        };
+        if let Some(time) = backend.record_outcome(chosen, failed) {
+            tracing::warn!(endpoint = %endpoint.addr, service = %backend.service, ejection = ?time, reason = "passive: consecutive failures", "endpoint ejected");
+            self.metrics.health_transitions.with_label_values(&[&*backend.service, "ejected"]).inc();
+        }
         let mut response = match result {
             Ok(resp) => {
                 if let Some(load) = backend.load(chosen) {

@@ -1,0 +1,190 @@
+//! Per-endpoint health state and its registry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// The process-wide time base for ejection deadlines (atomics hold
+/// milliseconds since it).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Passive outlier detection settings (BalancerPolicy
+/// `healthCheck.passive`), with the defaults used without a policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PassiveConfig {
+    /// Connect errors, resets and 502/503/504 in a row that eject.
+    pub consecutive_failures: u32,
+    /// First ejection; doubles on each repeat, capped at 10× this.
+    pub ejection_time: Duration,
+    /// Never eject more than this share of a backend's endpoints.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        Self { consecutive_failures: 5, ejection_time: Duration::from_secs(30), max_ejection_percent: 50 }
+    }
+}
+
+/// Health of one endpoint.
+#[derive(Debug)]
+pub struct EndpointHealth {
+    addr: SocketAddr,
+    /// Cleared by the active check after `unhealthyThreshold` failures.
+    active_ok: AtomicBool,
+    /// Passive ejection deadline (ms since [`EPOCH`]); 0 when not ejected.
+    ejected_until: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// Ejections so far, for the doubling ejection time.
+    ejections: AtomicU32,
+}
+
+impl Serialize for EndpointHealth {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("EndpointHealth", 4)?;
+        st.serialize_field("endpoint", &self.addr)?;
+        st.serialize_field("activeHealthy", &self.active_ok.load(Ordering::Relaxed))?;
+        st.serialize_field("ejected", &self.is_ejected())?;
+        st.serialize_field("consecutiveFailures", &self.consecutive_failures.load(Ordering::Relaxed))?;
+        st.end()
+    }
+}
+
+impl EndpointHealth {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            active_ok: AtomicBool::new(true),
+            ejected_until: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// May this endpoint take new requests?
+    pub fn is_available(&self) -> bool {
+        self.active_ok.load(Ordering::Relaxed) && !self.is_ejected()
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
+    }
+
+    pub fn active_ok(&self) -> bool {
+        self.active_ok.load(Ordering::Relaxed)
+    }
+
+    /// Records the active check's verdict; returns true when it changed.
+    pub fn set_active(&self, ok: bool) -> bool {
+        self.active_ok.swap(ok, Ordering::Relaxed) != ok
+    }
+
+    /// A request succeeded: the failure streak ends (and, after an
+    /// ejection expired, the repeat counter decays).
+    pub fn record_success(&self) {
+        if self.consecutive_failures.swap(0, Ordering::Relaxed) != 0 && !self.is_ejected() {
+            let _ = self.ejections.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+        }
+    }
+
+    /// A request failed (connect error, reset, 502/503/504). Returns the
+    /// ejection time when this failure ejects the endpoint; `may_eject`
+    /// says whether the backend's ejection budget allows it.
+    pub fn record_failure(&self, config: &PassiveConfig, may_eject: bool) -> Option<Duration> {
+        let streak = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak < config.consecutive_failures.max(1) || self.is_ejected() || !may_eject {
+            return None;
+        }
+        let repeat = self.ejections.fetch_add(1, Ordering::Relaxed).min(10);
+        let time = (config.ejection_time * 2u32.saturating_pow(repeat)).min(config.ejection_time * 10);
+        let until = now_ms() + u64::try_from(time.as_millis()).unwrap_or(u64::MAX / 2);
+        self.ejected_until.store(until.max(1), Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        Some(time)
+    }
+}
+
+/// Health keyed by endpoint identity, so that it survives snapshot swaps.
+/// Holds weak references: an endpoint no snapshot lists is forgotten.
+#[derive(Debug, Default)]
+pub struct HealthRegistry {
+    entries: Mutex<HashMap<SocketAddr, Weak<EndpointHealth>>>,
+}
+
+impl HealthRegistry {
+    /// The health of `endpoints`, in order, reusing live entries.
+    pub fn resolve(&self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Box<[Arc<EndpointHealth>]> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, e| e.strong_count() > 0);
+        endpoints
+            .into_iter()
+            .map(|addr| {
+                if let Some(live) = entries.get(&addr).and_then(Weak::upgrade) {
+                    return live;
+                }
+                let fresh = Arc::new(EndpointHealth::new(addr));
+                entries.insert(addr, Arc::downgrade(&fresh));
+                fresh
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejects_after_the_threshold_and_doubles_on_repeat() {
+        let h = EndpointHealth::new("10.0.0.1:80".parse().unwrap());
+        let cfg =
+            PassiveConfig { consecutive_failures: 3, ejection_time: Duration::from_secs(10), max_ejection_percent: 50 };
+        assert_eq!(h.record_failure(&cfg, true), None);
+        h.record_success();
+        assert_eq!(h.record_failure(&cfg, true), None);
+        assert_eq!(h.record_failure(&cfg, true), None);
+        assert_eq!(h.record_failure(&cfg, true), Some(Duration::from_secs(10)));
+        assert!(h.is_ejected() && !h.is_available());
+        // Expire it by hand, then a repeat ejection doubles.
+        h.ejected_until.store(1, Ordering::Relaxed);
+        assert!(h.is_available());
+        for _ in 0..2 {
+            assert_eq!(h.record_failure(&cfg, true), None);
+        }
+        assert_eq!(h.record_failure(&cfg, true), Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn the_budget_can_forbid_ejection() {
+        let h = EndpointHealth::new("10.0.0.1:80".parse().unwrap());
+        let cfg = PassiveConfig { consecutive_failures: 1, ..PassiveConfig::default() };
+        assert_eq!(h.record_failure(&cfg, false), None);
+        assert!(h.is_available());
+    }
+
+    #[test]
+    fn registry_keeps_state_across_resolves_and_forgets_unlisted() {
+        let reg = HealthRegistry::default();
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let first = reg.resolve([a]);
+        first[0].set_active(false);
+        let second = reg.resolve([a]);
+        assert!(!second[0].active_ok(), "state survives a new snapshot");
+        drop((first, second));
+        assert!(reg.resolve([a])[0].active_ok(), "a forgotten endpoint starts healthy");
+    }
+}
