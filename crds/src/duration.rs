@@ -7,6 +7,15 @@ use std::time::Duration;
 /// The regular expression the CRD schema uses to validate durations.
 pub const DURATION_PATTERN: &str = "^([0-9]{1,5}(h|m|s|ms)){1,4}$";
 
+/// A CEL rule list (`x-kubernetes-validations`) for a duration field: the
+/// duration is at least `min`. CEL's `duration()` reads Go durations, a
+/// superset of ours; values that do not match [`DURATION_PATTERN`] are left
+/// to the pattern's own error rather than failing inside the rule.
+pub(crate) fn at_least(min: &str, message: &str) -> serde_json::Value {
+    let rule = format!("!self.matches('{DURATION_PATTERN}') || duration(self) >= duration('{min}')");
+    serde_json::json!([{ "rule": rule, "message": message }])
+}
+
 /// Parses a Gateway API duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {text:?}: expected e.g. 5s, 500ms, 1h30m");

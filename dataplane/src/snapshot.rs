@@ -183,12 +183,13 @@ impl Backend {
     /// `exclude` (an endpoint that just failed).
     pub fn pick_endpoint_except(&self, hash_key: Option<u64>, exclude: Option<usize>) -> Option<usize> {
         use crate::balance::{Availability, PickContext};
-        let eligible = |i: usize| Some(i) != exclude && self.endpoints.get(i).is_some_and(|e| !e.draining);
-        let available = if exclude.is_none() && !self.any_draining {
-            Availability::All
-        } else {
-            Availability::Predicate(&eligible)
+        let eligible = |i: usize| {
+            Some(i) != exclude
+                && self.endpoints.get(i).is_some_and(|e| !e.draining)
+                && self.health.get(i).is_none_or(|h| h.is_available())
         };
+        let all_eligible = exclude.is_none() && !self.any_draining && self.health.iter().all(|h| h.is_available());
+        let available = if all_eligible { Availability::All } else { Availability::Predicate(&eligible) };
         let ctx = PickContext { hash_key, loads: &self.loads, available };
         self.selector.pick(&ctx).filter(|&i| eligible(i))
     }

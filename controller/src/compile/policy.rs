@@ -5,8 +5,13 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
 use switchyard_crds::{AffinityType, Algorithm as PolicyAlgorithm, BalancerPolicy, HashKey};
 use switchyard_dataplane::balance::Algorithm;
+
+use switchyard_crds::HealthCheckType;
+use switchyard_dataplane::health::PassiveConfig;
+use switchyard_dataplane::health::active::{ActiveCheck, CheckKind};
 use switchyard_dataplane::{AffinityCookie, BalanceConfig, Endpoint, HashOn};
 
 use super::diagnostics::{Diagnostic, Reason};
@@ -82,7 +87,57 @@ pub(super) fn apply(policy: &BalancerPolicy, endpoints: &mut [Endpoint]) -> Bala
             HashKey::QueryParameter => HashOn::QueryParameter(name(&h.query_parameter)),
         },
     };
-    BalanceConfig { algorithm, hash_on, affinity: affinity_cookie(policy), ..BalanceConfig::default() }
+    let (active_check, passive) = health_config(policy);
+    BalanceConfig { algorithm, hash_on, affinity: affinity_cookie(policy), active_check, passive }
+}
+
+/// `healthCheck` → the dataplane's active check and passive settings
+/// (defaults where a field is absent or, in standalone mode, invalid).
+fn health_config(policy: &BalancerPolicy) -> (Option<ActiveCheck>, PassiveConfig) {
+    let duration = |d: Option<&String>, default: Duration| {
+        d.and_then(|d| switchyard_crds::parse_duration(d).ok()).filter(|d| !d.is_zero()).unwrap_or(default)
+    };
+    let health = policy.spec.health_check.as_ref();
+    let active = health.and_then(|h| h.active.as_ref()).map(|a| {
+        let defaults = ActiveCheck::default();
+        ActiveCheck {
+            kind: match a.kind {
+                HealthCheckType::Http => CheckKind::Http,
+                HealthCheckType::Tcp => CheckKind::Tcp,
+            },
+            path: a.path.as_deref().unwrap_or("/").into(),
+            port: a.port.and_then(|p| u16::try_from(p).ok()),
+            host: a.host.as_deref().map(Into::into),
+            interval: duration(a.interval.as_ref(), defaults.interval),
+            timeout: duration(a.timeout.as_ref(), defaults.timeout),
+            healthy_threshold: a.healthy_threshold.unwrap_or(defaults.healthy_threshold),
+            unhealthy_threshold: a.unhealthy_threshold.unwrap_or(defaults.unhealthy_threshold),
+            expected: a
+                .expected_statuses
+                .as_ref()
+                .map(|list| list.iter().filter_map(|r| status_range(r)).collect::<Vec<_>>())
+                .filter(|l| !l.is_empty())
+                .unwrap_or(defaults.expected),
+        }
+    });
+    let defaults = PassiveConfig::default();
+    let passive = match health.and_then(|h| h.passive.as_ref()) {
+        None => defaults,
+        Some(p) => PassiveConfig {
+            consecutive_failures: p.consecutive_failures.unwrap_or(defaults.consecutive_failures),
+            ejection_time: duration(p.ejection_time.as_ref(), defaults.ejection_time),
+            max_ejection_percent: p.max_ejection_percent.unwrap_or(defaults.max_ejection_percent).min(100),
+        },
+    };
+    (active, passive)
+}
+
+/// `"200-399"` or `"204"`.
+fn status_range(text: &str) -> Option<(u16, u16)> {
+    match text.split_once('-') {
+        Some((lo, hi)) => Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?)),
+        None => text.trim().parse().ok().map(|s| (s, s)),
+    }
 }
 
 /// Default affinity cookie name.
@@ -196,6 +251,9 @@ mod tests {
         assert!(glob("*", "anything"));
         assert!(glob("a*c*e", "abcde"));
         assert!(glob("exact", "exact"));
+        assert_eq!(super::status_range("200-399"), Some((200, 399)));
+        assert_eq!(super::status_range("204"), Some((204, 204)));
+        assert_eq!(super::status_range("x"), None);
         assert!(!glob("web-large-*", "web-small-1"));
         assert!(!glob("a*c", "abd"));
         assert!(glob("*-1", "web-large-1"));

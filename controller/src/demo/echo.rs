@@ -5,11 +5,14 @@
 //! * `GET /sse?events=N&interval_ms=M`: a `text/event-stream` of N events;
 //! * `/bytes/N`: N bytes of `x` (benchmarks);
 //! * `/status/CODE`: answers that status;
+//! * `GET /healthz`: 200, or the status last set by `PUT /healthz?status=N`
+//!   (to make a backend fail its health check while it keeps serving);
 //! * anything else: JSON describing the request (backend name, method, URI,
 //!   headers), after `?delay_ms=N` if given.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +38,7 @@ pub async fn serve(listener: TcpListener, name: impl Into<Arc<str>>) {
 /// Like [`serve`], delaying every answer by `delay` (a slow backend).
 pub async fn serve_with_delay(listener: TcpListener, name: impl Into<Arc<str>>, delay: Duration) {
     let name: Arc<str> = name.into();
+    let health = Arc::new(AtomicU16::new(200));
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -43,9 +47,13 @@ pub async fn serve_with_delay(listener: TcpListener, name: impl Into<Arc<str>>, 
         };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
+        let health = health.clone();
         let service = service_fn(move |req| {
-            let name = name.clone();
+            let (name, health) = (name.clone(), health.clone());
             async move {
+                if req.uri().path() == "/healthz" {
+                    return Ok(healthz(&name, &health, &req));
+                }
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
@@ -99,6 +107,16 @@ async fn handle(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<E
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert("x-backend", HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("?")));
     Ok(resp)
+}
+
+fn healthz(name: &str, health: &AtomicU16, req: &Request<Incoming>) -> Response<EchoBody> {
+    if req.method() == http::Method::PUT
+        && let Some(code) = query_param(req.uri().query().unwrap_or(""), "status")
+    {
+        health.store(u16::try_from(code).unwrap_or(500), Ordering::Relaxed);
+    }
+    let code = health.load(Ordering::Relaxed);
+    plain(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), Bytes::from(format!("{name}: health {code}\n")))
 }
 
 fn query_param(query: &str, key: &str) -> Option<u64> {

@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(h.record_failure(&cfg, true), Some(Duration::from_secs(10)));
         assert!(h.is_ejected() && !h.is_available());
         // Expire it by hand, then a repeat ejection doubles.
-        h.ejected_until.store(1, Ordering::Relaxed);
+        h.ejected_until.store(0, Ordering::Relaxed);
         assert!(h.is_available());
         for _ in 0..2 {
             assert_eq!(h.record_failure(&cfg, true), None);

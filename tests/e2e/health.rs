@@ -1,0 +1,106 @@
+//! End-to-end: active health checks through the real binary, with echo
+//! backends on loopback whose health endpoint the test flips.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+
+const NS: &str = "hc";
+
+fn manifests(eps: &[(String, std::net::SocketAddr)], check: &str) -> Vec<(&'static str, String)> {
+    let ingress = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: hc}\nspec:\n  \
+                   ingressClassName: switchyard\n  rules: [{host: a.test, http: {paths: [{path: /, pathType: Prefix, \
+                   backend: {service: {name: web, port: {number: 80}}}}]}}]\n";
+    let policy = format!(
+        "---\napiVersion: switchyard.dev/v1alpha1\nkind: BalancerPolicy\nmetadata: {{name: web, namespace: hc}}\n\
+         spec:\n  targetRef: {{kind: Service, name: web}}\n  healthCheck:\n    active: {check}\n"
+    );
+    vec![
+        ("b.yaml", service(NS, "web") + &endpoint_slice(NS, "web", eps)),
+        ("i.yaml", ingress.to_string()),
+        ("p.yaml", policy),
+    ]
+}
+
+async fn set_health(backend: std::net::SocketAddr, status: u16) {
+    let req = Request::put(format!("http://{backend}/healthz?status={status}")).body(Full::default()).unwrap();
+    assert_eq!(send(backend, req).await.unwrap().status.as_u16(), status);
+}
+
+async fn healthy(admin: std::net::SocketAddr, endpoint: std::net::SocketAddr) -> Option<f64> {
+    metric(admin, &format!(r#"switchyard_endpoint_healthy{{endpoint="{endpoint}",service="hc/web"}}"#)).await
+}
+
+async fn spread(p: std::net::SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let r = get(p, "a.test", "/").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        *seen.entry(r.backend()).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_http_check_takes_an_endpoint_out_and_passing_brings_it_back() {
+    let mut eps = Vec::new();
+    for name in ["web-1", "web-2", "web-3"] {
+        eps.push((name.to_string(), start_echo(name).await));
+    }
+    let check =
+        "{type: HTTP, path: /healthz, interval: 100ms, timeout: 100ms, healthyThreshold: 2, unhealthyThreshold: 2}";
+    let files = manifests(&eps, check);
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let proxy = Standalone::start(&files).await;
+    assert_eq!(spread(proxy.http, 6).await.len(), 3);
+
+    // web-2's /healthz fails while its serving port still works.
+    let web2 = eps[1].1;
+    set_health(web2, 500).await;
+    wait_for("web-2 unhealthy", Duration::from_secs(5), || async {
+        (healthy(proxy.admin, web2).await? == 0.0).then_some(())
+    })
+    .await;
+    let seen = spread(proxy.http, 30).await;
+    assert!(!seen.contains_key("web-2"), "an endpoint failing its check gets no traffic: {seen:?}");
+
+    // It passes again: back after healthyThreshold probes.
+    set_health(web2, 200).await;
+    wait_for("web-2 healthy", Duration::from_secs(5), || async {
+        (healthy(proxy.admin, web2).await? == 1.0).then_some(())
+    })
+    .await;
+    assert!(spread(proxy.http, 9).await.contains_key("web-2"));
+    let metrics = get(proxy.admin, "x", "/metrics").await.unwrap().body;
+    for to in ["unhealthy", "healthy"] {
+        assert!(
+            metrics
+                .contains(&format!(r#"switchyard_endpoint_health_transitions_total{{service="hc/web",to="{to}"}} 1"#)),
+            "{to}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_check_detects_a_closed_port_and_503_when_none_is_left() {
+    let eps = vec![("web-1".to_string(), start_echo("web-1").await)];
+    // Probe a port nobody listens on: the serving port works, the check fails.
+    let closed = free_addr().port();
+    let check = format!("{{type: TCP, port: {closed}, interval: 100ms, timeout: 100ms, unhealthyThreshold: 2}}");
+    let files = manifests(&eps, &check);
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let proxy = Standalone::start(&files).await;
+    wait_for("closed port detected", Duration::from_secs(5), || async {
+        (healthy(proxy.admin, eps[0].1).await? == 0.0).then_some(())
+    })
+    .await;
+    let r = get(proxy.http, "a.test", "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.contains("no healthy endpoints for service hc/web"), "{}", r.body);
+}
