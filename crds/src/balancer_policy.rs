@@ -93,16 +93,16 @@ pub struct BalancerPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
 
-    /// Ramp up the share of new or recovered endpoints. Reserved: accepted and validated, not yet acted upon.
+    /// Ramp up the share of new or recovered endpoints over a window, for every algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<SlowStart>,
 
-    /// Per-policy timeouts toward the endpoints, replacing the controller's flags. Reserved: accepted and
-    /// validated, not yet acted upon.
+    /// Per-policy timeouts toward the endpoints, replacing the controller's flags. request is acted upon;
+    /// connect and idle are reserved (accepted and validated, not yet acted upon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
 
-    /// Retrying failed requests on another endpoint. Reserved: accepted and validated, not yet acted upon.
+    /// Retrying failed requests on another endpoint (idempotent requests without a body only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
 }

@@ -1,10 +1,9 @@
 //! The health fields of `BalancerPolicy.spec` (issue 5, "The API"):
 //! `healthCheck`, `slowStart`, `timeouts` and `retries`.
 //!
-//! `healthCheck` (active and passive) is acted upon. `slowStart`,
-//! `timeouts` and `retries` are reserved: in the schema, documented and
-//! validated, so that manifests written today stay valid, but not acted on
-//! yet; their descriptions say so.
+//! All are acted upon except `timeouts.connect` and `timeouts.idle`, which
+//! are reserved: in the schema, documented and validated, so that manifests
+//! written today stay valid; their descriptions say so.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -155,7 +154,8 @@ pub struct PassiveHealthCheck {
 
 // === impl SlowStart ===
 
-/// Slow start. Reserved: accepted and validated, not yet acted upon.
+/// Slow start: a new or recovered endpoint is taken with a probability that
+/// grows linearly from 0 to 1 over the window, so its share ramps up.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SlowStart {
@@ -169,7 +169,8 @@ pub struct SlowStart {
 // === impl Timeouts ===
 
 /// Timeouts toward the endpoints, as Gateway API durations (e.g. 5s, 1m).
-/// Reserved: accepted and validated, not yet acted upon.
+/// request is acted upon; connect and idle are reserved (accepted and
+/// validated, not yet acted upon).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
@@ -195,8 +196,8 @@ pub struct Timeouts {
 // === impl Retries ===
 
 /// Retries on another endpoint. Only idempotent requests are retried, and
-/// never after bytes of the response reached the client. Reserved: accepted
-/// and validated, not yet acted upon.
+/// never after bytes of the response reached the client. Requests with a
+/// body are not retried.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Retries {

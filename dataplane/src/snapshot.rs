@@ -75,6 +75,8 @@ pub struct Backend {
     /// Whether any endpoint is draining (terminating but still serving).
     #[serde(skip)]
     any_draining: bool,
+    #[serde(skip)]
+    rng: crate::balance::rng::SplitMix64,
     /// In-flight counters, one per endpoint, attached at publish time from
     /// the dataplane's registry so that they survive snapshot swaps.
     #[serde(skip)]
@@ -97,6 +99,33 @@ pub struct BalanceConfig {
     pub active_check: Option<ActiveCheck>,
     /// Passive outlier ejection (always on; policy or defaults).
     pub passive: PassiveConfig,
+    /// Slow-start window for new and recovered endpoints.
+    pub slow_start: Option<std::time::Duration>,
+    /// Time allowed for response headers (replaces `--upstream-timeout`).
+    pub request_timeout: Option<std::time::Duration>,
+    /// When to retry on another endpoint.
+    pub retries: RetryPolicy,
+}
+
+/// BalancerPolicy `retries`. Retries go to an endpoint not tried yet, only
+/// for idempotent requests without a body, and only before any byte of the
+/// response reached the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    /// Connection refused or timed out: nothing reached the endpoint.
+    pub on_connect_failure: bool,
+    /// The connection broke before a response.
+    pub on_reset: bool,
+    /// The endpoint answered 503.
+    pub on_unavailable: bool,
+}
+
+impl Default for RetryPolicy {
+    /// Without a policy: one retry when the connection is refused.
+    fn default() -> Self {
+        Self { attempts: 1, on_connect_failure: true, on_reset: false, on_unavailable: false }
+    }
 }
 
 /// Sticky sessions by cookie. The cookie's value is a digest of the
@@ -160,6 +189,7 @@ impl Backend {
             selector,
             pinned,
             any_draining,
+            rng: crate::balance::rng::SplitMix64::from_entropy(),
             loads: Box::default(),
             health: Box::default(),
         }
@@ -176,19 +206,37 @@ impl Backend {
     /// algorithms), or `None` when there is none.
     /// Draining endpoints get no new requests.
     pub fn pick_endpoint(&self, hash_key: Option<u64>) -> Option<usize> {
-        self.pick_endpoint_except(hash_key, None)
+        self.pick_endpoint_except(hash_key, &[])
     }
 
-    /// Like [`pick_endpoint`](Self::pick_endpoint), never returning
-    /// `exclude` (an endpoint that just failed).
-    pub fn pick_endpoint_except(&self, hash_key: Option<u64>, exclude: Option<usize>) -> Option<usize> {
+    /// Like [`pick_endpoint`](Self::pick_endpoint), never returning one of
+    /// `exclude` (endpoints that just failed). Under slow start, an endpoint
+    /// that is ramping is taken with probability equal to its ramp, else the
+    /// pick is made again without it.
+    pub fn pick_endpoint_except(&self, hash_key: Option<u64>, exclude: &[usize]) -> Option<usize> {
+        let first = self.select(hash_key, exclude, None)?;
+        let Some(window) = self.balance.slow_start else { return Some(first) };
+        let ramp = self.health.get(first).map_or(1.0, |h| h.ramp(window));
+        if ramp >= 1.0 {
+            return Some(first);
+        }
+        let draw = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        if draw < ramp {
+            return Some(first);
+        }
+        self.select(hash_key, exclude, Some(first)).or(Some(first))
+    }
+
+    fn select(&self, hash_key: Option<u64>, exclude: &[usize], also: Option<usize>) -> Option<usize> {
         use crate::balance::{Availability, PickContext};
         let eligible = |i: usize| {
-            Some(i) != exclude
+            !exclude.contains(&i)
+                && Some(i) != also
                 && self.endpoints.get(i).is_some_and(|e| !e.draining)
                 && self.health.get(i).is_none_or(|h| h.is_available())
         };
-        let all_eligible = exclude.is_none() && !self.any_draining && self.health.iter().all(|h| h.is_available());
+        let all_eligible =
+            exclude.is_empty() && also.is_none() && !self.any_draining && self.health.iter().all(|h| h.is_available());
         let available = if all_eligible { Availability::All } else { Availability::Predicate(&eligible) };
         let ctx = PickContext { hash_key, loads: &self.loads, available };
         self.selector.pick(&ctx).filter(|&i| eligible(i))
@@ -297,6 +345,7 @@ impl SnapshotHandle {
             backend.loads = self.loads.resolve(backend.endpoints.iter().map(|e| e.addr));
             backend.health = self.health.resolve(backend.endpoints.iter().map(|e| e.addr));
         }
+        self.health.mark_started();
         self.current.store(Arc::new(snapshot));
         self.ready.store(true, Ordering::Release);
         generation

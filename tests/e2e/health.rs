@@ -104,3 +104,89 @@ async fn tcp_check_detects_a_closed_port_and_503_when_none_is_left() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.body.contains("no healthy endpoints for service hc/web"), "{}", r.body);
 }
+
+fn policy_files(eps: &[(String, std::net::SocketAddr)], spec: &str) -> Vec<(&'static str, String)> {
+    let mut files = manifests(eps, "{type: TCP, interval: 1h}");
+    files[2].1 = format!(
+        "---\napiVersion: switchyard.dev/v1alpha1\nkind: BalancerPolicy\nmetadata: {{name: web, namespace: hc}}\n\
+         spec:\n  targetRef: {{kind: Service, name: web}}\n{spec}"
+    );
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_gives_a_joining_endpoint_a_smaller_share_during_its_window() {
+    let mut eps = vec![("web-1".to_string(), start_echo("web-1").await)];
+    let files = policy_files(&eps, "  slowStart: {window: 4s}\n");
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let proxy = Standalone::start(&files).await;
+    eps.push(("web-2".to_string(), start_echo("web-2").await));
+    proxy.write("b.yaml", &(service(NS, "web") + &endpoint_slice(NS, "web", &eps)));
+    eventually(proxy.admin, "x", "/debug/snapshot", Duration::from_secs(5), |r| r.body.contains("web-2")).await;
+    let early = spread(proxy.http, 100).await;
+    let early_share = early.get("web-2").copied().unwrap_or(0);
+    assert!(early_share < 25, "a joining endpoint ramps up (round-robin would give it 50): {early:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let late = spread(proxy.http, 100).await;
+    assert!(late.get("web-2").copied().unwrap_or(0) >= 40, "after the window it gets its full share: {late:?}");
+    eprintln!("slow start: web-2 got {early_share}/100 early in the window, {:?} after", late.get("web-2"));
+}
+
+/// A backend that answers 503 to everything.
+async fn unavailable_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let body = "{\"backend\":\"unavailable\"}";
+                    let resp =
+                        format!("HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if tcp.write_all(resp.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_unavailable_reach_another_endpoint_for_idempotent_requests_only() {
+    let eps =
+        vec![("bad-1".to_string(), unavailable_backend().await), ("web-1".to_string(), start_echo("web-1").await)];
+    let spec =
+        "  retries: {attempts: 2, retryOn: [Unavailable]}\n  healthCheck: {passive: {consecutiveFailures: 1000}}\n";
+    let files = policy_files(&eps, spec);
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let proxy = Standalone::start(&files).await;
+    for _ in 0..20 {
+        let r = get(proxy.http, "a.test", "/").await.unwrap();
+        assert_eq!((r.status, r.backend()), (StatusCode::OK, "web-1".to_string()), "GET retried past the 503");
+    }
+    let mut posts = BTreeMap::new();
+    for _ in 0..10 {
+        let req =
+            Request::post(format!("http://{}/", proxy.http)).header("host", "a.test").body(Full::default()).unwrap();
+        *posts.entry(send(proxy.http, req).await.unwrap().status.as_u16()).or_insert(0) += 1;
+    }
+    assert!(posts.get(&503).copied().unwrap_or(0) > 0, "a POST is never retried: {posts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_request_timeout_replaces_the_global_one() {
+    let eps = vec![("web-1".to_string(), start_echo("web-1").await)];
+    let files = policy_files(&eps, "  timeouts: {request: 200ms}\n");
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let proxy = Standalone::start(&files).await;
+    let r = get(proxy.http, "a.test", "/?delay_ms=2000").await.unwrap();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{r:?}");
+    assert_eq!(get(proxy.http, "a.test", "/").await.unwrap().status, StatusCode::OK);
+}

@@ -9,9 +9,10 @@ use std::time::Duration;
 use switchyard_crds::{AffinityType, Algorithm as PolicyAlgorithm, BalancerPolicy, HashKey};
 use switchyard_dataplane::balance::Algorithm;
 
-use switchyard_crds::HealthCheckType;
+use switchyard_crds::{HealthCheckType, RetryOn};
 use switchyard_dataplane::health::PassiveConfig;
 use switchyard_dataplane::health::active::{ActiveCheck, CheckKind};
+use switchyard_dataplane::snapshot::RetryPolicy;
 use switchyard_dataplane::{AffinityCookie, BalanceConfig, Endpoint, HashOn};
 
 use super::diagnostics::{Diagnostic, Reason};
@@ -88,7 +89,37 @@ pub(super) fn apply(policy: &BalancerPolicy, endpoints: &mut [Endpoint]) -> Bala
         },
     };
     let (active_check, passive) = health_config(policy);
-    BalanceConfig { algorithm, hash_on, affinity: affinity_cookie(policy), active_check, passive }
+    let duration =
+        |d: Option<&String>| d.and_then(|d| switchyard_crds::parse_duration(d).ok()).filter(|d| !d.is_zero());
+    let retries = match &spec.retries {
+        None => RetryPolicy::default(),
+        Some(r) => {
+            // An empty retryOn means the default set.
+            let on = |what: RetryOn| r.retry_on.is_empty() || r.retry_on.contains(&what);
+            RetryPolicy {
+                attempts: r.attempts.unwrap_or(1),
+                on_connect_failure: on(RetryOn::ConnectFailure),
+                on_reset: on(RetryOn::Reset),
+                on_unavailable: on(RetryOn::Unavailable),
+            }
+        }
+    };
+    BalanceConfig {
+        algorithm,
+        hash_on,
+        affinity: affinity_cookie(policy),
+        active_check,
+        passive,
+        slow_start: duration(spec.slow_start.as_ref().map(|s| &s.window)),
+        // `0s` means no limit.
+        request_timeout: spec
+            .timeouts
+            .as_ref()
+            .and_then(|t| t.request.as_deref())
+            .and_then(|d| switchyard_crds::parse_duration(d).ok())
+            .map(|d| if d.is_zero() { Duration::MAX } else { d }),
+        retries,
+    }
 }
 
 /// `healthCheck` → the dataplane's active check and passive settings

@@ -56,7 +56,7 @@ mod load;
 mod load_registry;
 mod maglev;
 mod p2c;
-mod rng;
+pub(crate) mod rng;
 mod round_robin;
 mod selector;
 mod weighted;

@@ -45,6 +45,10 @@ pub struct EndpointHealth {
     consecutive_failures: AtomicU32,
     /// Ejections so far, for the doubling ejection time.
     ejections: AtomicU32,
+    /// When the endpoint (re)joined the rotation: first seen or last
+    /// recovered by the active check (ms since [`EPOCH`]); 0 = from the
+    /// start (no slow start).
+    joined_at: AtomicU64,
 }
 
 impl Serialize for EndpointHealth {
@@ -67,7 +71,28 @@ impl EndpointHealth {
             ejected_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            joined_at: AtomicU64::new(0),
         }
+    }
+
+    /// Marks the endpoint as joining now (slow start begins).
+    pub fn mark_joined(&self) {
+        self.joined_at.store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Slow-start share in `[0, 1]`: how far into `window` the endpoint is
+    /// since it joined, recovered or came back from an ejection.
+    pub fn ramp(&self, window: Duration) -> f64 {
+        let window_ms = window.as_millis() as f64;
+        if window_ms <= 0.0 {
+            return 1.0;
+        }
+        let since = self.joined_at.load(Ordering::Relaxed).max(self.ejected_until.load(Ordering::Relaxed));
+        if since == 0 {
+            return 1.0;
+        }
+        let elapsed = now_ms().saturating_sub(since) as f64;
+        (elapsed / window_ms).clamp(0.0, 1.0)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -89,8 +114,13 @@ impl EndpointHealth {
     }
 
     /// Records the active check's verdict; returns true when it changed.
+    /// Recovery starts a slow start.
     pub fn set_active(&self, ok: bool) -> bool {
-        self.active_ok.swap(ok, Ordering::Relaxed) != ok
+        let changed = self.active_ok.swap(ok, Ordering::Relaxed) != ok;
+        if changed && ok {
+            self.mark_joined();
+        }
+        changed
     }
 
     /// A request succeeded: the failure streak ends (and, after an
@@ -123,13 +153,22 @@ impl EndpointHealth {
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     entries: Mutex<HashMap<SocketAddr, Weak<EndpointHealth>>>,
+    /// After the first snapshot, new endpoints are marked as joining (slow
+    /// start); those of the first snapshot are not.
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl HealthRegistry {
     /// The health of `endpoints`, in order, reusing live entries.
+    /// Call once the first snapshot's endpoints are resolved.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
     pub fn resolve(&self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Box<[Arc<EndpointHealth>]> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries.retain(|_, e| e.strong_count() > 0);
+        let joining = self.started.load(Ordering::Relaxed);
         endpoints
             .into_iter()
             .map(|addr| {
@@ -137,6 +176,9 @@ impl HealthRegistry {
                     return live;
                 }
                 let fresh = Arc::new(EndpointHealth::new(addr));
+                if joining {
+                    fresh.mark_joined();
+                }
                 entries.insert(addr, Arc::downgrade(&fresh));
                 fresh
             })

@@ -157,9 +157,10 @@ impl Proxy {
     }
 
     /// Picks the endpoint (affinity cookie first, then the backend's
-    /// algorithm), forwards, and retries a request without a body once on
-    /// another endpoint when the first one refuses the connection (nothing
-    /// reached it, so this is safe for any method).
+    /// algorithm), forwards, and retries on endpoints not tried yet as the
+    /// backend's retry policy says: idempotent requests without a body only,
+    /// and only before any response byte reached the client (by default,
+    /// one retry when the connection is refused).
     async fn balance_and_forward(
         &self,
         req: Request<Incoming>,
@@ -176,19 +177,26 @@ impl Proxy {
             return local_response(StatusCode::SERVICE_UNAVAILABLE, &format!("{why} for service {}", backend.service));
         };
         let replay = replayable_head(&req);
+        let idempotent = is_idempotent(req.method());
+        let retries = &backend.balance.retries;
+        let mut tried = vec![chosen];
         let mut result = self.forward_to(req.map(Either::Left), backend, chosen, client).await;
-        if let (Err(ForwardError::Connect), Some(head)) = (&result, replay)
-            && let Some(other) = backend.pick_endpoint_except(key, Some(chosen))
-        {
+        for _ in 0..retries.attempts {
+            let retry = idempotent
+                && match &result {
+                    Err(ForwardError::Connect) => retries.on_connect_failure,
+                    Err(ForwardError::Upstream) => retries.on_reset,
+                    Ok(resp) => resp.status() == StatusCode::SERVICE_UNAVAILABLE && retries.on_unavailable,
+                    Err(_) => false,
+                };
+            let Some(head) = replay.as_ref().filter(|_| retry) else { break };
+            let Some(other) = backend.pick_endpoint_except(key, &tried) else { break };
             tracing::debug!(service = %backend.service, failed = %backend.endpoints[chosen].addr,
-                retry = %backend.endpoints[other].addr, "connect failed; retrying on another endpoint");
-            if let Some(time) = backend.record_outcome(chosen, true) {
-                tracing::warn!(endpoint = %backend.endpoints[chosen].addr, service = %backend.service, ejection = ?time,
-                    reason = "passive: consecutive failures", "endpoint ejected");
-                self.metrics.health_transitions.with_label_values(&[&*backend.service, "ejected"]).inc();
-            }
+                retry = %backend.endpoints[other].addr, "retrying on another endpoint");
+            self.record_outcome(backend, chosen, true);
             chosen = other;
-            let req = Request::from_parts(head, Either::Right(Empty::new()));
+            tried.push(chosen);
+            let req = Request::from_parts(clone_head(head), Either::Right(Empty::new()));
             result = self.forward_to(req, backend, chosen, client).await;
         }
         let endpoint = &backend.endpoints[chosen];
@@ -197,10 +205,7 @@ impl Proxy {
             Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
             Err(_) => false,
         };
-        if let Some(time) = backend.record_outcome(chosen, failed) {
-            tracing::warn!(endpoint = %endpoint.addr, service = %backend.service, ejection = ?time, reason = "passive: consecutive failures", "endpoint ejected");
-            self.metrics.health_transitions.with_label_values(&[&*backend.service, "ejected"]).inc();
-        }
+        self.record_outcome(backend, chosen, failed);
         let mut response = match result {
             Ok(resp) => {
                 if let Some(load) = backend.load(chosen) {
@@ -227,6 +232,16 @@ impl Proxy {
         response
     }
 
+    /// Passive health bookkeeping, with a log line and a count on ejection.
+    fn record_outcome(&self, backend: &Backend, i: usize, failed: bool) {
+        if let Some(time) = backend.record_outcome(i, failed) {
+            let endpoint = backend.endpoints[i].addr;
+            tracing::warn!(%endpoint, service = %backend.service, ejection = ?time,
+                reason = "passive: consecutive failures", "endpoint ejected");
+            self.metrics.health_transitions.with_label_values(&[&*backend.service, "ejected"]).inc();
+        }
+    }
+
     async fn forward_to(
         &self,
         req: Request<UpstreamBody>,
@@ -235,7 +250,8 @@ impl Proxy {
         client: ClientInfo,
     ) -> Result<Response<GuardedBody>, ForwardError> {
         let guard = backend.load(i).map(|l| l.start());
-        self.forward(req, &backend.endpoints[i], client, guard).await
+        let timeout = backend.balance.request_timeout.unwrap_or(self.config.upstream_timeout);
+        self.forward(req, &backend.endpoints[i], client, guard, timeout).await
     }
 
     async fn forward(
@@ -244,6 +260,7 @@ impl Proxy {
         endpoint: &Endpoint,
         client: ClientInfo,
         guard: Option<InFlightGuard>,
+        timeout: Duration,
     ) -> Result<Response<GuardedBody>, ForwardError> {
         let upgrade = upgrade::requested(&req);
         let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -258,10 +275,9 @@ impl Proxy {
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
         parts.version = Version::HTTP_11;
 
-        let sent =
-            tokio::time::timeout(self.config.upstream_timeout, self.client.request(Request::from_parts(parts, body)));
+        let sent = tokio::time::timeout(timeout, self.client.request(Request::from_parts(parts, body)));
         let mut resp = match sent.await {
-            Err(_elapsed) => return Err(ForwardError::Timeout(self.config.upstream_timeout)),
+            Err(_elapsed) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(err)) if err.is_connect() => return Err(ForwardError::Connect),
             Ok(Err(_)) => return Err(ForwardError::Upstream),
             Ok(Ok(resp)) => resp,
@@ -277,6 +293,21 @@ impl Proxy {
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp.map(|b| GuardedBody::new(b, guard)))
     }
+}
+
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE].contains(method)
+}
+
+fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = head.method.clone();
+    parts.uri = head.uri.clone();
+    parts.version = head.version;
+    parts.headers = head.headers.clone();
+    parts
 }
 
 /// The head of a request that can be sent again: no body, no upgrade.
