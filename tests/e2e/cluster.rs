@@ -416,3 +416,65 @@ async fn balancer_policy_is_applied_and_its_status_written_by_the_leader() {
     assert_eq!(condition("sticky", "ResolvedRefs").await.unwrap().0, "True");
     net.stop_echo("web-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_and_terminating_endpoints_stop_new_traffic_but_keep_sticky_sessions() {
+    use switchyard_crds::BalancerPolicy;
+    let c = cluster().await;
+    let ns = c.fresh_namespace("drain").await;
+    let mut net = Netns::create(3);
+    let eps: Vec<_> =
+        (0..3).map(|i| (format!("web-{}", i + 1), net.start_echo(BIN, i, &format!("web-{}", i + 1)))).collect();
+    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
+    let with = |conditions: &[serde_json::Value]| {
+        let mut s = slice(&ns, "web", &eps.iter().map(|(p, a)| (p.as_str(), *a, true)).collect::<Vec<_>>());
+        for (ep, cond) in s["endpoints"].as_array_mut().unwrap().iter_mut().zip(conditions) {
+            ep["conditions"] = cond.clone();
+        }
+        s
+    };
+    let ready = json!({"ready": true});
+    c.apply::<EndpointSlice>(Some(&ns), with(&[ready.clone(), ready.clone(), ready.clone()])).await;
+    let ctl = Switchyard::start_run(&c.kubeconfig, &run_args(&ns, "15s"), true).await;
+    c.install_crd().await;
+    c.apply::<BalancerPolicy>(
+        Some(&ns),
+        json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "BalancerPolicy", "metadata": {"name": "web", "namespace": ns},
+               "spec": {"targetRef": {"kind": "Service", "name": "web"}, "sessionAffinity": {"type": "Cookie"}}}),
+    )
+    .await;
+    c.apply::<Ingress>(Some(&ns), ingress(&ns, "web", Some("switchyard"), "a.test", "web")).await;
+    // A client pinned to some endpoint.
+    let (cookie, pinned) = wait_for("affinity cookie", WAIT, || async {
+        let r = get(ctl.http, "a.test", "/").await.ok()?;
+        let cookie = r.headers.get("set-cookie")?.to_str().unwrap().split(';').next().unwrap().to_string();
+        Some((cookie, r.backend()))
+    })
+    .await;
+    let pinned_index = eps.iter().position(|(p, _)| *p == pinned).unwrap();
+    let other = (pinned_index + 1) % 3;
+    // The pinned endpoint starts terminating but still serves; another turns not ready.
+    let mut conditions = vec![ready.clone(), ready.clone(), ready.clone()];
+    conditions[pinned_index] = json!({"ready": false, "serving": true, "terminating": true});
+    conditions[other] = json!({"ready": false});
+    c.apply::<EndpointSlice>(Some(&ns), with(&conditions)).await;
+    let remaining = &eps[3 - pinned_index - other].0;
+    wait_for("new traffic only to the ready endpoint", WAIT, || async {
+        (spread(ctl.http, "a.test", 6).await == BTreeSet::from([remaining.clone()])).then_some(())
+    })
+    .await;
+    let with_cookie = || async {
+        let req =
+            http::Request::get(format!("http://{}/", ctl.http)).header("host", "a.test").header("cookie", &cookie);
+        send(ctl.http, req.body(Default::default()).unwrap()).await.unwrap().backend()
+    };
+    for _ in 0..10 {
+        assert_eq!(with_cookie().await, pinned, "the session on the terminating endpoint keeps working");
+    }
+    // Removed from the slice: the session moves.
+    let mut s = with(&conditions);
+    s["endpoints"].as_array_mut().unwrap().remove(pinned_index);
+    c.apply::<EndpointSlice>(Some(&ns), s).await;
+    wait_for("session re-pinned after removal", WAIT, || async { (with_cookie().await == *remaining).then_some(()) })
+        .await;
+}

@@ -190,3 +190,56 @@ async fn a_policy_request_timeout_replaces_the_global_one() {
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{r:?}");
     assert_eq!(get(proxy.http, "a.test", "/").await.unwrap().status, StatusCode::OK);
 }
+
+/// Steady load (200 requests/s for `secs` seconds, bounded) while the
+/// `victim` backend process is killed after one second. Returns (ok,
+/// failed) and how long the endpoint took to leave the rotation
+/// (`switchyard_endpoint_healthy` = 0: passive ejection or the active
+/// check, whichever comes first).
+async fn kill_under_load(spec: &str, secs: u64) -> (usize, usize, Duration) {
+    let mut echoes: Vec<_> =
+        (1..=3).map(|i| (format!("web-{i}"), EchoProcess::start(&format!("web-{i}"), 0))).collect();
+    let eps: Vec<_> = echoes.iter().map(|(n, e)| (n.clone(), e.addr)).collect();
+    let files = policy_files(&eps, spec);
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let proxy = Standalone::start(&files).await;
+    let (http, admin) = (proxy.http, proxy.admin);
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut inflight = Vec::new();
+        for _ in 0..(secs * 200) {
+            tick.tick().await;
+            inflight.push(tokio::spawn(get(http, "a.test", "/")));
+        }
+        for h in inflight {
+            match h.await.unwrap() {
+                Ok(r) if r.status == StatusCode::OK => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = echoes[1].1.addr;
+    echoes[1].1.kill();
+    let killed = std::time::Instant::now();
+    let out = wait_for("victim out of rotation", Duration::from_secs(10), || async {
+        (healthy(admin, victim).await? == 0.0).then(|| killed.elapsed())
+    })
+    .await;
+    let (ok, failed) = load.await.unwrap();
+    (ok, failed, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_backend_under_load_loses_no_get_with_retries_and_few_without() {
+    let check = "  healthCheck:\n    active: {type: HTTP, path: /healthz, interval: 1s, timeout: 500ms, unhealthyThreshold: 3}\n";
+    let (ok, failed, out) = kill_under_load(&format!("{check}  retries: {{attempts: 2}}\n"), 5).await;
+    eprintln!("with retries: {ok} ok, {failed} failed; out of rotation {out:?} after the kill");
+    assert_eq!(failed, 0, "with retries no GET fails");
+    assert!(ok >= 900, "{ok}");
+    let (ok, failed, out) = kill_under_load(&format!("{check}  retries: {{attempts: 0}}\n"), 5).await;
+    eprintln!("without retries: {ok} ok, {failed} failed; out of rotation {out:?} after the kill");
+    assert!(failed <= 5, "without retries, failures are bounded by the passive threshold (5): {failed}");
+}
