@@ -97,8 +97,8 @@ pub struct BalancerPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<SlowStart>,
 
-    /// Per-policy timeouts toward the endpoints, replacing the controller's flags. request is acted upon;
-    /// connect and idle are reserved (accepted and validated, not yet acted upon).
+    /// Per-policy timeouts toward the endpoints, replacing the controller's flags. connect and request are
+    /// acted upon; idle is reserved (accepted and validated, not yet acted upon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
 

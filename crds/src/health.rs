@@ -1,8 +1,7 @@
 //! The health fields of `BalancerPolicy.spec` (issue 5, "The API"):
 //! `healthCheck`, `slowStart`, `timeouts` and `retries`.
 //!
-//! All are acted upon except `timeouts.connect` and `timeouts.idle`, which
-//! are reserved: in the schema, documented and validated, so that manifests
+//! All are acted upon except `timeouts.idle`, which is reserved: in the schema, documented and validated, so that manifests
 //! written today stay valid; their descriptions say so.
 
 use schemars::JsonSchema;
@@ -169,7 +168,7 @@ pub struct SlowStart {
 // === impl Timeouts ===
 
 /// Timeouts toward the endpoints, as Gateway API durations (e.g. 5s, 1m).
-/// request is acted upon; connect and idle are reserved (accepted and
+/// connect and request are acted upon; idle is reserved (accepted and
 /// validated, not yet acted upon).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]

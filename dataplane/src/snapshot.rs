@@ -103,6 +103,8 @@ pub struct BalanceConfig {
     pub slow_start: Option<std::time::Duration>,
     /// Time allowed for response headers (replaces `--upstream-timeout`).
     pub request_timeout: Option<std::time::Duration>,
+    /// TCP connect timeout (replaces `--connect-timeout`).
+    pub connect_timeout: Option<std::time::Duration>,
     /// When to retry on another endpoint.
     pub retries: RetryPolicy,
 }

@@ -118,6 +118,12 @@ pub(super) fn apply(policy: &BalancerPolicy, endpoints: &mut [Endpoint]) -> Bala
             .and_then(|t| t.request.as_deref())
             .and_then(|d| switchyard_crds::parse_duration(d).ok())
             .map(|d| if d.is_zero() { Duration::MAX } else { d }),
+        connect_timeout: spec
+            .timeouts
+            .as_ref()
+            .and_then(|t| t.connect.as_deref())
+            .and_then(|d| switchyard_crds::parse_duration(d).ok())
+            .filter(|d| !d.is_zero()),
         retries,
     }
 }

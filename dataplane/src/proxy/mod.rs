@@ -86,7 +86,10 @@ pub(crate) struct ClientInfo {
 pub struct Proxy {
     snapshots: Arc<SnapshotHandle>,
     metrics: Arc<Metrics>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: UpstreamClient,
+    /// Clients for backends whose policy sets its own connect timeout (the
+    /// connector's timeout is per client), created on first use.
+    clients_by_connect_timeout: std::sync::RwLock<std::collections::HashMap<Duration, UpstreamClient>>,
     config: ProxyConfig,
 }
 
@@ -114,15 +117,22 @@ impl ForwardError {
 
 impl Proxy {
     pub fn new(snapshots: Arc<SnapshotHandle>, metrics: Arc<Metrics>, config: ProxyConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector);
-        Self { snapshots, metrics, client, config }
+        let client = upstream_client(config.connect_timeout, config.pool_idle_timeout);
+        Self { snapshots, metrics, client, clients_by_connect_timeout: Default::default(), config }
+    }
+
+    /// The pooled client for a connect timeout (the shared one by default).
+    fn client_for(&self, connect_timeout: Option<Duration>) -> UpstreamClient {
+        let Some(timeout) = connect_timeout.filter(|t| *t != self.config.connect_timeout) else {
+            return self.client.clone();
+        };
+        let read = self.clients_by_connect_timeout.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = read.get(&timeout) {
+            return client.clone();
+        }
+        drop(read);
+        let mut write = self.clients_by_connect_timeout.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        write.entry(timeout).or_insert_with(|| upstream_client(timeout, self.config.pool_idle_timeout)).clone()
     }
 
     /// Answers one request. Never fails: every error becomes a response.
@@ -251,11 +261,13 @@ impl Proxy {
     ) -> Result<Response<GuardedBody>, ForwardError> {
         let guard = backend.load(i).map(|l| l.start());
         let timeout = backend.balance.request_timeout.unwrap_or(self.config.upstream_timeout);
-        self.forward(req, &backend.endpoints[i], client, guard, timeout).await
+        let upstream = self.client_for(backend.balance.connect_timeout);
+        self.forward(&upstream, req, &backend.endpoints[i], client, guard, timeout).await
     }
 
     async fn forward(
         &self,
+        upstream: &UpstreamClient,
         mut req: Request<UpstreamBody>,
         endpoint: &Endpoint,
         client: ClientInfo,
@@ -275,7 +287,7 @@ impl Proxy {
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
         parts.version = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(timeout, self.client.request(Request::from_parts(parts, body)));
+        let sent = tokio::time::timeout(timeout, upstream.request(Request::from_parts(parts, body)));
         let mut resp = match sent.await {
             Err(_elapsed) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(err)) if err.is_connect() => return Err(ForwardError::Connect),
@@ -293,6 +305,19 @@ impl Proxy {
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp.map(|b| GuardedBody::new(b, guard)))
     }
+}
+
+type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+fn upstream_client(connect_timeout: Duration, pool_idle_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(pool_idle_timeout)
+        .build(connector)
 }
 
 /// RFC 9110 §9.2.2.
