@@ -64,7 +64,15 @@ pub enum Selector {
     WeightedRoundRobin(WeightedRoundRobin),
     LeastConnections(LeastConnections),
     PowerOfTwoChoices(PowerOfTwoChoices),
-    /// `IPHash` and `ConsistentHash`.
+    /// `IPHash` and `ConsistentHash` over up to
+    /// [`super::rendezvous::MAX_ENDPOINTS`] endpoints: exact minimal
+    /// disruption.
+    Rendezvous {
+        hash: super::Rendezvous,
+        /// For requests that carry no key (header absent…).
+        keyless: WeightedRoundRobin,
+    },
+    /// `IPHash` and `ConsistentHash` over larger pools.
     Maglev {
         table: Maglev,
         /// For requests that carry no key (header absent…).
@@ -81,6 +89,10 @@ impl Selector {
             Algorithm::WeightedRoundRobin => Self::WeightedRoundRobin(WeightedRoundRobin::new(&weights)),
             Algorithm::LeastConnections => Self::LeastConnections(LeastConnections::new(&weights)),
             Algorithm::PowerOfTwoChoices => Self::PowerOfTwoChoices(PowerOfTwoChoices::new(&weights)),
+            Algorithm::IpHash | Algorithm::ConsistentHash if endpoints.len() <= super::rendezvous::MAX_ENDPOINTS => {
+                let ids: Vec<(std::net::SocketAddr, u32)> = endpoints.iter().map(|e| (e.addr, e.weight)).collect();
+                Self::Rendezvous { hash: super::Rendezvous::new(&ids), keyless: WeightedRoundRobin::new(&weights) }
+            }
             Algorithm::IpHash | Algorithm::ConsistentHash => {
                 let ids: Vec<(String, u32)> = endpoints.iter().map(|e| (e.addr.to_string(), e.weight)).collect();
                 Self::Maglev { table: Maglev::new(&ids), keyless: WeightedRoundRobin::new(&weights) }
@@ -96,6 +108,7 @@ impl Selector {
             Self::LeastConnections(lc) => lc.len(),
             Self::PowerOfTwoChoices(p2c) => p2c.len(),
             Self::Maglev { table, .. } => table.len(),
+            Self::Rendezvous { hash, .. } => hash.len(),
         }
     }
 
@@ -106,7 +119,7 @@ impl Selector {
     /// Whether picks use [`PickContext::hash_key`], so the proxy knows to
     /// compute it.
     pub fn wants_hash_key(&self) -> bool {
-        matches!(self, Self::Maglev { .. })
+        matches!(self, Self::Maglev { .. } | Self::Rendezvous { .. })
     }
 
     /// Whether picks read [`PickContext::loads`].
@@ -122,6 +135,10 @@ impl Selector {
             Self::WeightedRoundRobin(wrr) => wrr.pick(ctx.available),
             Self::LeastConnections(lc) => lc.pick(ctx.loads, ctx.available),
             Self::PowerOfTwoChoices(p2c) => p2c.pick(ctx.loads, ctx.available),
+            Self::Rendezvous { hash, keyless } => match ctx.hash_key {
+                Some(key) => hash.pick(key, ctx.available),
+                None => keyless.pick(ctx.available),
+            },
             Self::Maglev { table, keyless } => match ctx.hash_key {
                 Some(key) => table.pick(key, ctx.available),
                 None => keyless.pick(ctx.available),
