@@ -33,7 +33,11 @@ fi
 log "kube-apiserver (pid $old) stopped; down for ${downtime}s"
 sleep "$downtime"
 
-eval "$(cat "$dir/apiserver.cmd")" </dev/null >>"$dir/kube-apiserver.log" 2>&1 &
+# The saved command line (printf %q words) back into an array, so that the
+# server itself is the background job and $! is its PID (with `eval … &`
+# the PID would be a subshell's, and stopping it would orphan the server).
+eval "cmd=($(cat "$dir/apiserver.cmd"))"
+"${cmd[@]}" </dev/null >>"$dir/kube-apiserver.log" 2>&1 &
 new=$!
 exe=$(readlink "/proc/$new/exe" 2>/dev/null || true)
 sed -i "s|^$old kube-apiserver .*|$new kube-apiserver ${exe:-kube-apiserver}|" "$dir/pids"
