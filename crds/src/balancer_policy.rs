@@ -382,46 +382,7 @@ mod tests {
 
     /// The examples of issues 4 and 5, verbatim but for the comments, with
     /// the status the controller writes.
-    const ISSUE_EXAMPLE: &str = r#"
-apiVersion: switchyard.dev/v1alpha1
-kind: BalancerPolicy
-metadata: {name: web, namespace: default, generation: 3}
-spec:
-  targetRef: {kind: Service, name: web, port: 80}
-  algorithm: RoundRobin
-  consistentHash: {key: Header, header: X-User}
-  endpointWeights:
-    - {address: 10.1.2.3, weight: 3}
-    - {podName: "web-large-*", weight: 4}
-  sessionAffinity:
-    type: Cookie
-    cookie: {name: SWITCHYARD_AFFINITY, ttl: 1h, path: /, sameSite: Lax, secure: false, httpOnly: true}
-  healthCheck:
-    active:
-      type: HTTP
-      path: /healthz
-      port: 8081
-      host: health.local
-      interval: 5s
-      timeout: 1s
-      healthyThreshold: 2
-      unhealthyThreshold: 3
-      expectedStatuses: ["200-399"]
-    passive:
-      consecutiveFailures: 5
-      ejectionTime: 30s
-      maxEjectionPercent: 50
-  slowStart: {window: 30s}
-  timeouts: {connect: 5s, request: 60s, idle: 300s}
-  retries: {attempts: 2, retryOn: [ConnectFailure, Reset, Unavailable]}
-status:
-  observedGeneration: 3
-  conditions:
-    - {type: Accepted, status: "True", reason: Accepted, message: policy in force,
-       lastTransitionTime: "2025-01-01T00:00:00Z", observedGeneration: 3}
-    - {type: ResolvedRefs, status: "True", reason: ResolvedRefs, message: Service web found,
-       lastTransitionTime: "2025-01-01T00:00:00Z", observedGeneration: 3}
-"#;
+    const ISSUE_EXAMPLE: &str = include_str!("../testdata/balancer-policy-contract.yaml");
 
     fn some(s: &str) -> Option<String> {
         Some(s.to_string())

@@ -180,7 +180,7 @@ impl Backend {
         endpoints.dedup_by_key(|e| e.addr);
         let weighted: Vec<_> = endpoints.iter().map(|e| WeightedEndpoint { addr: e.addr, weight: e.weight }).collect();
         let selector = Selector::build(balance.algorithm, &weighted);
-        let pinned = endpoints.iter().enumerate().map(|(i, e)| (affinity_digest(e.addr), i)).collect();
+        let pinned = endpoints.iter().enumerate().map(|(i, e)| (e.affinity_digest, i)).collect();
         let any_draining = endpoints.iter().any(|e| e.draining);
         Self {
             id: id.into(),
@@ -295,12 +295,17 @@ pub struct Endpoint {
     /// `ip:port`, the metrics label.
     #[serde(skip)]
     pub label: Arc<str>,
+    /// [`affinity_digest`] of the address, computed once.
+    #[serde(skip)]
+    pub affinity_digest: u64,
 }
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
         let authority = Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
-        Self { addr, pod: None, zone: None, weight: 1, draining: false, label: addr.to_string().into(), authority }
+        let label: Arc<str> = addr.to_string().into();
+        let affinity_digest = crate::balance::hash_key(label.as_bytes());
+        Self { addr, pod: None, zone: None, weight: 1, draining: false, label, affinity_digest, authority }
     }
 }
 

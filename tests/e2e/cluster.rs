@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -58,14 +59,23 @@ fn run_args<'a>(ns: &'a str, lease: &'a str) -> Vec<&'a str> {
     vec!["--watch-namespace", ns, "--election-namespace", ns, "--publish-address", PUBLISHED, "--lease-duration", lease]
 }
 
-/// A fresh namespace with Service `web` served by one ready echo backend
-/// (`web-1`) in a new network namespace (kept alive by the returned value).
-async fn one_backend(c: &Cluster, prefix: &str) -> (String, Netns) {
+/// A fresh namespace with Service `web` and `n` echo backends (`web-1`…)
+/// in a new network namespace (kept alive by the returned value); the
+/// EndpointSlice lists the first `listed` of them, ready.
+async fn web_backends(c: &Cluster, prefix: &str, n: u8, listed: usize) -> (String, Netns, Vec<(String, SocketAddr)>) {
     let ns = c.fresh_namespace(prefix).await;
-    let mut net = Netns::create(1);
-    let addr = net.start_echo(BIN, 0, "web-1");
+    let mut net = Netns::create(n);
+    let eps: Vec<_> =
+        (0..n).map(|i| (format!("web-{}", i + 1), net.start_echo(BIN, i, &format!("web-{}", i + 1)))).collect();
     c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
-    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &[("web-1", addr, true)])).await;
+    let ready: Vec<_> = eps.iter().take(listed).map(|(pod, a)| (pod.as_str(), *a, true)).collect();
+    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &ready)).await;
+    (ns, net, eps)
+}
+
+/// [`web_backends`] with one backend.
+async fn one_backend(c: &Cluster, prefix: &str) -> (String, Netns) {
+    let (ns, net, _) = web_backends(c, prefix, 1, 1).await;
     (ns, net)
 }
 
@@ -119,12 +129,7 @@ async fn status_ips(c: &Cluster, ns: &str, name: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_lifecycle_endpoint_scaling_and_readiness() {
     let c = cluster().await;
-    let ns = c.fresh_namespace("lifecycle").await;
-    let mut net = Netns::create(3);
-    let eps: Vec<_> =
-        (0..3).map(|i| (format!("web-{}", i + 1), net.start_echo(BIN, i, &format!("web-{}", i + 1)))).collect();
-    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
-    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &[("web-1", eps[0].1, true)])).await;
+    let (ns, mut net, eps) = web_backends(&c, "lifecycle", 3, 1).await;
     let ctl = Switchyard::start_run(&c.kubeconfig, &run_args(&ns, "15s"), true).await;
     let p = ctl.http;
 
@@ -345,13 +350,7 @@ async fn publish_service_load_balancer_address_is_written() {
 async fn balancer_policy_is_applied_and_its_status_written_by_the_leader() {
     use switchyard_crds::BalancerPolicy;
     let c = cluster().await;
-    let ns = c.fresh_namespace("policy").await;
-    let mut net = Netns::create(2);
-    let eps: Vec<_> =
-        (0..2).map(|i| (format!("web-{}", i + 1), net.start_echo(BIN, i, &format!("web-{}", i + 1)))).collect();
-    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
-    let all: Vec<_> = eps.iter().map(|(pod, a)| (pod.as_str(), *a, true)).collect();
-    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &all)).await;
+    let (ns, mut net, _) = web_backends(&c, "policy", 2, 2).await;
     let ctl = Switchyard::start_run(&c.kubeconfig, &run_args(&ns, "15s"), true).await;
     // Installed while the controller runs: its policy watch picks it up.
     c.install_crd().await;
@@ -421,11 +420,7 @@ async fn balancer_policy_is_applied_and_its_status_written_by_the_leader() {
 async fn not_ready_and_terminating_endpoints_stop_new_traffic_but_keep_sticky_sessions() {
     use switchyard_crds::BalancerPolicy;
     let c = cluster().await;
-    let ns = c.fresh_namespace("drain").await;
-    let mut net = Netns::create(3);
-    let eps: Vec<_> =
-        (0..3).map(|i| (format!("web-{}", i + 1), net.start_echo(BIN, i, &format!("web-{}", i + 1)))).collect();
-    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
+    let (ns, _net, eps) = web_backends(&c, "drain", 3, 3).await;
     let with = |conditions: &[serde_json::Value]| {
         let mut s = slice(&ns, "web", &eps.iter().map(|(p, a)| (p.as_str(), *a, true)).collect::<Vec<_>>());
         for (ep, cond) in s["endpoints"].as_array_mut().unwrap().iter_mut().zip(conditions) {
@@ -434,7 +429,6 @@ async fn not_ready_and_terminating_endpoints_stop_new_traffic_but_keep_sticky_se
         s
     };
     let ready = json!({"ready": true});
-    c.apply::<EndpointSlice>(Some(&ns), with(&[ready.clone(), ready.clone(), ready.clone()])).await;
     let ctl = Switchyard::start_run(&c.kubeconfig, &run_args(&ns, "15s"), true).await;
     c.install_crd().await;
     c.apply::<BalancerPolicy>(

@@ -441,41 +441,9 @@ async fn the_issue_contract_example_is_accepted_verbatim() {
     install_checked_in_crd(&c).await;
     let ns = c.fresh_namespace("crd-contract").await;
     let api = Api::<BalancerPolicy>::namespaced(c.client.clone(), &ns);
-    let yaml = format!(
-        r#"
-apiVersion: switchyard.dev/v1alpha1
-kind: BalancerPolicy
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  targetRef: {{kind: Service, name: web, port: 80}}
-  algorithm: RoundRobin
-  consistentHash: {{key: Header, header: X-User}}
-  endpointWeights:
-    - {{address: 10.1.2.3, weight: 3}}
-    - {{podName: "web-large-*", weight: 4}}
-  sessionAffinity:
-    type: Cookie
-    cookie: {{name: SWITCHYARD_AFFINITY, ttl: 1h, path: /, sameSite: Lax, secure: false, httpOnly: true}}
-  healthCheck:
-    active:
-      type: HTTP
-      path: /healthz
-      port: 8081
-      host: health.local
-      interval: 5s
-      timeout: 1s
-      healthyThreshold: 2
-      unhealthyThreshold: 3
-      expectedStatuses: ["200-399"]
-    passive:
-      consecutiveFailures: 5
-      ejectionTime: 30s
-      maxEjectionPercent: 50
-  slowStart: {{window: 30s}}
-  timeouts: {{connect: 5s, request: 60s, idle: 300s}}
-  retries: {{attempts: 2, retryOn: [ConnectFailure, Reset, Unavailable]}}
-"#
-    );
-    let object: Value = serde_yaml::from_str(&yaml).unwrap();
+    let mut object: Value =
+        serde_yaml::from_str(include_str!("../../crds/testdata/balancer-policy-contract.yaml")).unwrap();
+    object.as_object_mut().unwrap().remove("status");
+    object["metadata"] = json!({"name": "web", "namespace": ns});
     submit(&api, &object).await.unwrap_or_else(|e| panic!("the issue's example is rejected: {e}"));
 }

@@ -13,6 +13,7 @@ mod policy;
 
 use std::collections::HashMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_dataplane::Snapshot;
 use switchyard_dataplane::router::Router;
 
@@ -38,13 +39,7 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
     let mut router = Router::default();
 
     let mut ours: Vec<_> = world.ingresses.iter().filter(|(_, ing)| classes.is_ours(ing, world)).collect();
-    ours.sort_by(|(ka, a), (kb, b)| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        // Objects without a timestamp (hand-written manifests) sort after
-        // those with one; then by namespace/name.
-        (ta.is_none(), ta, *ka).cmp(&(tb.is_none(), tb, *kb))
-    });
+    ours.sort_by_key(|(key, ing)| precedence(&ing.metadata, key));
     for (key, ing) in &ours {
         ingress::add_ingress(key, ing, &mut router, &mut backends, &mut diagnostics);
     }
@@ -60,6 +55,17 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
         diagnostics,
         served_ingresses,
     }
+}
+
+/// The order in which objects win conflicts: oldest `creationTimestamp`
+/// first; objects without one (hand-written manifests) after those with
+/// one; then namespace/name.
+pub(crate) fn precedence<'k>(
+    meta: &ObjectMeta,
+    key: &'k ObjectKey,
+) -> (bool, Option<k8s_openapi::jiff::Timestamp>, &'k ObjectKey) {
+    let created = meta.creation_timestamp.as_ref().map(|t| t.0);
+    (created.is_none(), created, key)
 }
 
 /// Counts diagnostics by `(kind, reason)`, for the rejected-objects metric.

@@ -39,10 +39,7 @@ fn targeting<'w>(
                 && (t.port.is_none() || port.is_none() || t.port == port)
         })
         .collect();
-    found.sort_by_key(|(key, p)| {
-        let ts = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        (ts.is_none(), ts, (*key).clone())
-    });
+    found.sort_by_key(|(key, p)| super::precedence(&p.metadata, key));
     found
 }
 

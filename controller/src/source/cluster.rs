@@ -230,11 +230,3 @@ pub async fn next_burst(rx: &mut mpsc::UnboundedReceiver<Changed>, window: Durat
     }
     Some(earliest)
 }
-
-/// Name of an object for logs: `namespace/name`.
-pub fn display_name<K: Resource>(o: &K) -> String {
-    match o.namespace() {
-        Some(ns) => format!("{ns}/{}", o.name_any()),
-        None => o.name_any(),
-    }
-}

@@ -1,11 +1,11 @@
-//! Endpoint loads keyed by identity, so they survive snapshot swaps.
+//! Per-endpoint state keyed by identity, so that it survives snapshot swaps.
 //!
-//! When a snapshot is built, each endpoint's [`EndpointLoad`] is looked up
-//! by its address: an endpoint that was already serving keeps its in-flight
-//! count and latency EWMA; a new one starts idle. The registry holds only
-//! weak references: once no snapshot lists an endpoint and its last request
-//! has finished, its entry goes away by itself. The lock is taken at build
-//! time only, never on the request path.
+//! When a snapshot is built, each endpoint's state (its [`EndpointLoad`],
+//! its health…) is looked up by address: an endpoint that was already
+//! serving keeps its state; a new one starts fresh. The registry holds only
+//! weak references: once no snapshot lists an endpoint and nothing else
+//! (a request in flight) holds its state, the entry goes away by itself. The
+//! lock is taken at build time only, never on the request path.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,42 +13,64 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::load::EndpointLoad;
 
-#[derive(Debug, Default)]
-pub struct LoadRegistry {
-    loads: Mutex<HashMap<SocketAddr, Weak<EndpointLoad>>>,
+/// Endpoint state of type `T`, keyed by address.
+#[derive(Debug)]
+pub struct EndpointRegistry<T> {
+    entries: Mutex<HashMap<SocketAddr, Weak<T>>>,
 }
 
-impl LoadRegistry {
-    pub fn new() -> Self {
-        Self::default()
+impl<T> Default for EndpointRegistry<T> {
+    fn default() -> Self {
+        Self { entries: Mutex::new(HashMap::new()) }
     }
+}
 
-    /// The loads of `endpoints`, in the same order, reusing the live entry
-    /// of every endpoint already known. Call once per snapshot build.
-    pub fn resolve(&self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Box<[Arc<EndpointLoad>]> {
-        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
-        loads.retain(|_, load| load.strong_count() > 0);
+impl<T> EndpointRegistry<T> {
+    /// The state of `endpoints`, in the same order, reusing the live entry
+    /// of every endpoint already known and calling `fresh` for the others.
+    /// Call once per snapshot build.
+    pub fn resolve_with(
+        &self,
+        endpoints: impl IntoIterator<Item = SocketAddr>,
+        mut fresh: impl FnMut(SocketAddr) -> T,
+    ) -> Box<[Arc<T>]> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, e| e.strong_count() > 0);
         endpoints
             .into_iter()
             .map(|addr| {
-                if let Some(live) = loads.get(&addr).and_then(Weak::upgrade) {
+                if let Some(live) = entries.get(&addr).and_then(Weak::upgrade) {
                     return live;
                 }
-                let fresh = Arc::new(EndpointLoad::new());
-                loads.insert(addr, Arc::downgrade(&fresh));
-                fresh
+                let new = Arc::new(fresh(addr));
+                entries.insert(addr, Arc::downgrade(&new));
+                new
             })
             .collect()
     }
 
-    /// Endpoints with a live load entry.
+    /// Endpoints with a live entry.
     pub fn len(&self) -> usize {
-        let loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
-        loads.values().filter(|load| load.strong_count() > 0).count()
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.values().filter(|e| e.strong_count() > 0).count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// In-flight counters and latency EWMA, keyed by endpoint.
+pub type LoadRegistry = EndpointRegistry<EndpointLoad>;
+
+impl EndpointRegistry<EndpointLoad> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The loads of `endpoints`, in the same order; new endpoints start idle.
+    pub fn resolve(&self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Box<[Arc<EndpointLoad>]> {
+        self.resolve_with(endpoints, |_| EndpointLoad::new())
     }
 }
 

@@ -66,7 +66,7 @@ pub use availability::{Availability, EndpointMask};
 pub use hash::{fmix64, fnv1a64, hash_ip, hash_key};
 pub use least_conn::LeastConnections;
 pub use load::{EndpointLoad, InFlightGuard};
-pub use load_registry::LoadRegistry;
+pub use load_registry::{EndpointRegistry, LoadRegistry};
 pub use maglev::{DEFAULT_TABLE_SIZE, Maglev};
 pub use p2c::PowerOfTwoChoices;
 pub use rendezvous::Rendezvous;

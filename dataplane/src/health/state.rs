@@ -1,9 +1,10 @@
 //! Per-endpoint health state and its registry.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::sync::{Arc, LazyLock};
+
+use crate::balance::EndpointRegistry;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -148,41 +149,32 @@ impl EndpointHealth {
     }
 }
 
-/// Health keyed by endpoint identity, so that it survives snapshot swaps.
-/// Holds weak references: an endpoint no snapshot lists is forgotten.
+/// Health keyed by endpoint identity, so that it survives snapshot swaps
+/// (an [`EndpointRegistry`]); an endpoint no snapshot lists is forgotten.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
-    entries: Mutex<HashMap<SocketAddr, Weak<EndpointHealth>>>,
+    entries: EndpointRegistry<EndpointHealth>,
     /// After the first snapshot, new endpoints are marked as joining (slow
     /// start); those of the first snapshot are not.
-    started: std::sync::atomic::AtomicBool,
+    started: AtomicBool,
 }
 
 impl HealthRegistry {
-    /// The health of `endpoints`, in order, reusing live entries.
     /// Call once the first snapshot's endpoints are resolved.
     pub fn mark_started(&self) {
         self.started.store(true, Ordering::Relaxed);
     }
 
+    /// The health of `endpoints`, in order, reusing live entries.
     pub fn resolve(&self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Box<[Arc<EndpointHealth>]> {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|_, e| e.strong_count() > 0);
         let joining = self.started.load(Ordering::Relaxed);
-        endpoints
-            .into_iter()
-            .map(|addr| {
-                if let Some(live) = entries.get(&addr).and_then(Weak::upgrade) {
-                    return live;
-                }
-                let fresh = Arc::new(EndpointHealth::new(addr));
-                if joining {
-                    fresh.mark_joined();
-                }
-                entries.insert(addr, Arc::downgrade(&fresh));
-                fresh
-            })
-            .collect()
+        self.entries.resolve_with(endpoints, |addr| {
+            let fresh = EndpointHealth::new(addr);
+            if joining {
+                fresh.mark_joined();
+            }
+            fresh
+        })
     }
 }
 

@@ -186,27 +186,30 @@ impl Proxy {
             let why = if backend.endpoints.is_empty() { "no ready endpoints" } else { "no healthy endpoints" };
             return local_response(StatusCode::SERVICE_UNAVAILABLE, &format!("{why} for service {}", backend.service));
         };
-        let replay = replayable_head(&req);
-        let idempotent = is_idempotent(req.method());
         let retries = &backend.balance.retries;
-        let mut tried = vec![chosen];
+        // The head is copied only when a retry is possible at all.
+        let replay = (retries.attempts > 0).then(|| replayable_head(&req)).flatten();
+        // Allocates only when a retry happens.
+        let mut tried = Vec::new();
         let mut result = self.forward_to(req.map(Either::Left), backend, chosen, client).await;
         for _ in 0..retries.attempts {
-            let retry = idempotent
-                && match &result {
-                    Err(ForwardError::Connect) => retries.on_connect_failure,
-                    Err(ForwardError::Upstream) => retries.on_reset,
-                    Ok(resp) => resp.status() == StatusCode::SERVICE_UNAVAILABLE && retries.on_unavailable,
-                    Err(_) => false,
-                };
+            let retry = match &result {
+                Err(ForwardError::Connect) => retries.on_connect_failure,
+                Err(ForwardError::Upstream) => retries.on_reset,
+                Ok(resp) => resp.status() == StatusCode::SERVICE_UNAVAILABLE && retries.on_unavailable,
+                Err(_) => false,
+            };
             let Some(head) = replay.as_ref().filter(|_| retry) else { break };
+            tried.push(chosen);
             let Some(other) = backend.pick_endpoint_except(key, &tried) else { break };
             tracing::debug!(service = %backend.service, failed = %backend.endpoints[chosen].addr,
                 retry = %backend.endpoints[other].addr, "retrying on another endpoint");
             self.record_outcome(backend, chosen, true);
             chosen = other;
-            tried.push(chosen);
-            let req = Request::from_parts(clone_head(head), Either::Right(Empty::new()));
+            let req = Request::from_parts(
+                copy_head(&head.method, &head.uri, head.version, &head.headers),
+                Either::Right(Empty::new()),
+            );
             result = self.forward_to(req, backend, chosen, client).await;
         }
         let endpoint = &backend.endpoints[chosen];
@@ -233,10 +236,10 @@ impl Proxy {
             .with_label_values(&[&*backend.service, &endpoint.label, response.status().as_str()])
             .inc();
         if let Some(cookie) = affinity {
-            let outcome = affinity::outcome(presented, endpoint.addr);
+            let outcome = affinity::outcome(presented, endpoint.affinity_digest);
             self.metrics.affinity.with_label_values(&[outcome.as_str()]).inc();
             if outcome != affinity::Outcome::Hit {
-                affinity::set_cookie(response.headers_mut(), cookie, endpoint.addr, client.conn.tls);
+                affinity::set_cookie(response.headers_mut(), cookie, endpoint.affinity_digest, client.conn.tls);
             }
         }
         response
@@ -326,27 +329,23 @@ fn is_idempotent(method: &http::Method) -> bool {
     [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE].contains(method)
 }
 
-fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+fn copy_head(method: &http::Method, uri: &Uri, version: Version, headers: &http::HeaderMap) -> http::request::Parts {
     let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = head.method.clone();
-    parts.uri = head.uri.clone();
-    parts.version = head.version;
-    parts.headers = head.headers.clone();
+    parts.method = method.clone();
+    parts.uri = uri.clone();
+    parts.version = version;
+    parts.headers = headers.clone();
     parts
 }
 
-/// The head of a request that can be sent again: no body, no upgrade.
+/// The head of a request that can be sent again: idempotent, no body, no
+/// upgrade.
 fn replayable_head(req: &Request<Incoming>) -> Option<http::request::Parts> {
     use http_body::Body as _;
-    if !req.body().is_end_stream() || upgrade::requested(req).is_some() {
+    if !is_idempotent(req.method()) || !req.body().is_end_stream() || upgrade::requested(req).is_some() {
         return None;
     }
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = req.method().clone();
-    parts.uri = req.uri().clone();
-    parts.version = req.version();
-    parts.headers = req.headers().clone();
-    Some(parts)
+    Some(copy_head(req.method(), req.uri(), req.version(), req.headers()))
 }
 
 /// Requests whose target is ambiguous are refused (RFC 9110 §7.2, RFC 9112
