@@ -7,7 +7,8 @@
 # Writes into DIR:
 #   pki/          CA, API server serving cert, admin client cert, SA key pair
 #   kubeconfig    admin (CN=admin, O=system:masters), certificates embedded
-#   env           shell-sourceable: KUBECONFIG, KUBE_APISERVER_URL, ports, PIDs
+#   env           shell-sourceable: KUBECONFIG, KUBE_APISERVER_URL, ports, PIDs,
+#                 HELM (the cached helm binary, built by build.sh)
 #   pids          "<pid> <name> <executable>" per process, for down.sh
 #   etcd.log, kube-apiserver.log
 # etcd's data lives in /dev/shm (path in DIR/etcd-data-dir). Prints the path of
@@ -223,7 +224,8 @@ ready_secs=$(since "$start")
     "ETCD_PORT=$etcd_port" \
     "ETCD_PEER_PORT=$etcd_peer_port" \
     "ETCD_PID=$etcd_pid" \
-    "ETCD_DATA_DIR=$etcd_data"; do
+    "ETCD_DATA_DIR=$etcd_data" \
+    "HELM=$(bin_path helm)"; do
     printf 'export %s=%q\n' "${var%%=*}" "${var#*=}"
   done
 } >"$dir/env.tmp"

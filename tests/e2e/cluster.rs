@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -18,69 +17,14 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-use support::cluster::{Cluster, cluster};
-use support::netns::Netns;
+use support::cluster::*;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const PUBLISHED: &str = "198.18.255.1";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn service(ns: &str, name: &str) -> serde_json::Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
-           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
-}
-
-/// An EndpointSlice as the endpoint controller would write it:
-/// `(pod, address, ready)`.
-fn slice(ns: &str, svc: &str, endpoints: &[(&str, std::net::SocketAddr, bool)]) -> serde_json::Value {
-    let eps: Vec<_> = endpoints
-        .iter()
-        .map(|(pod, addr, ready)| {
-            json!({"addresses": [addr.ip().to_string()], "conditions": {"ready": ready},
-                   "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}})
-        })
-        .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{svc}-abc"), "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
-           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps})
-}
-
-fn ingress(ns: &str, name: &str, class: Option<&str>, host: &str, svc: &str) -> serde_json::Value {
-    let mut spec = json!({"rules": [{"host": host, "http": {"paths": [
-        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": svc, "port": {"number": 80}}}}]}}]});
-    if let Some(class) = class {
-        spec["ingressClassName"] = json!(class);
-    }
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name, "namespace": ns}, "spec": spec})
-}
-
 fn run_args<'a>(ns: &'a str, lease: &'a str) -> Vec<&'a str> {
     vec!["--watch-namespace", ns, "--election-namespace", ns, "--publish-address", PUBLISHED, "--lease-duration", lease]
-}
-
-/// A fresh namespace with Service `web` and `n` echo backends (`web-1`…)
-/// in a new network namespace (kept alive by the returned value); the
-/// EndpointSlice lists the first `listed` of them, ready.
-async fn web_backends(c: &Cluster, prefix: &str, n: u8, listed: usize) -> (String, Netns, Vec<(String, SocketAddr)>) {
-    let ns = c.fresh_namespace(prefix).await;
-    let mut net = Netns::create(n);
-    let eps: Vec<_> =
-        (0..n).map(|i| (format!("web-{}", i + 1), net.start_echo(BIN, i, &format!("web-{}", i + 1)))).collect();
-    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service(&ns, "web")).await;
-    let ready: Vec<_> = eps.iter().take(listed).map(|(pod, a)| (pod.as_str(), *a, true)).collect();
-    c.apply::<EndpointSlice>(Some(&ns), slice(&ns, "web", &ready)).await;
-    (ns, net, eps)
-}
-
-/// [`web_backends`] with one backend.
-async fn one_backend(c: &Cluster, prefix: &str) -> (String, Netns) {
-    let (ns, net, _) = web_backends(c, prefix, 1, 1).await;
-    (ns, net)
-}
-
-async fn backend_of(p: std::net::SocketAddr, host: &str) -> Option<String> {
-    get(p, host, "/").await.ok().filter(|r| r.status == StatusCode::OK).map(|r| r.backend())
 }
 
 /// The distinct backends seen over `n` requests.
@@ -113,17 +57,6 @@ async fn report_propagation(admin: std::net::SocketAddr) {
         quantile(0.5),
         quantile(0.99)
     );
-}
-
-async fn status_ips(c: &Cluster, ns: &str, name: &str) -> Vec<String> {
-    let ing = Api::<Ingress>::namespaced(c.client.clone(), ns).get(name).await.unwrap();
-    ing.status
-        .and_then(|s| s.load_balancer)
-        .and_then(|lb| lb.ingress)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|i| i.ip)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

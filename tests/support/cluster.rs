@@ -3,6 +3,7 @@
 //! `SWITCHYARD_CLUSTER_ENV`, a fresh namespace per test.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -12,6 +13,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::get;
+use super::netns::Netns;
 
 pub struct Cluster {
     pub client: Client,
@@ -92,4 +97,96 @@ impl Cluster {
         }
         panic!("CRD {name} not established in 10 s");
     }
+}
+
+// --- Shared fixtures: a Service, its EndpointSlice and an Ingress, as JSON ---
+
+/// A Service `name` (port 80 → 8080), as JSON.
+pub fn service_json(ns: &str, name: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+           "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+}
+
+/// An EndpointSlice as the endpoint controller would write it:
+/// `(pod, address, ready)`.
+pub fn slice(ns: &str, svc: &str, endpoints: &[(&str, std::net::SocketAddr, bool)]) -> serde_json::Value {
+    let eps: Vec<_> = endpoints
+        .iter()
+        .map(|(pod, addr, ready)| {
+            json!({"addresses": [addr.ip().to_string()], "conditions": {"ready": ready},
+                   "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{svc}-abc"), "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps})
+}
+
+pub fn ingress(ns: &str, name: &str, class: Option<&str>, host: &str, svc: &str) -> serde_json::Value {
+    let mut spec = json!({"rules": [{"host": host, "http": {"paths": [
+        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": svc, "port": {"number": 80}}}}]}}]});
+    if let Some(class) = class {
+        spec["ingressClassName"] = json!(class);
+    }
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// A fresh namespace with Service `web` and `n` echo backends (`web-1`…)
+/// in a new network namespace (kept alive by the returned value); the
+/// EndpointSlice lists the first `listed` of them, ready.
+pub async fn web_backends(
+    c: &Cluster,
+    prefix: &str,
+    n: u8,
+    listed: usize,
+) -> (String, Netns, Vec<(String, SocketAddr)>) {
+    let ns = c.fresh_namespace(prefix).await;
+    let mut net = Netns::create(n);
+    let eps: Vec<_> = (0..n)
+        .map(|i| {
+            (format!("web-{}", i + 1), net.start_echo(env!("CARGO_BIN_EXE_switchyard"), i, &format!("web-{}", i + 1)))
+        })
+        .collect();
+    c.apply::<k8s_openapi::api::core::v1::Service>(Some(&ns), service_json(&ns, "web")).await;
+    let ready: Vec<_> = eps.iter().take(listed).map(|(pod, a)| (pod.as_str(), *a, true)).collect();
+    c.apply::<k8s_openapi::api::discovery::v1::EndpointSlice>(Some(&ns), slice(&ns, "web", &ready)).await;
+    (ns, net, eps)
+}
+
+/// [`web_backends`] with one backend.
+pub async fn one_backend(c: &Cluster, prefix: &str) -> (String, Netns) {
+    let (ns, net, _) = web_backends(c, prefix, 1, 1).await;
+    (ns, net)
+}
+
+pub async fn backend_of(p: std::net::SocketAddr, host: &str) -> Option<String> {
+    get(p, host, "/").await.ok().filter(|r| r.status == http::StatusCode::OK).map(|r| r.backend())
+}
+
+pub async fn status_ips(c: &Cluster, ns: &str, name: &str) -> Vec<String> {
+    let ing =
+        Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(c.client.clone(), ns).get(name).await.unwrap();
+    ing.status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip)
+        .collect()
+}
+
+/// `kubectl` 1.33 where the image has it, else the default one.
+pub fn kubectl(kubeconfig: &std::path::Path, cache_dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let versioned = std::path::Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33");
+    let program = if versioned.exists() { versioned } else { std::path::Path::new("/usr/bin/kubectl") };
+    let out = std::process::Command::new(program)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache_dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }

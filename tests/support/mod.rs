@@ -60,7 +60,7 @@ impl Switchyard {
         }
         let mut args = vec!["standalone".to_string(), "--manifests".to_string(), dir.path().display().to_string()];
         args.extend(extra.iter().map(|a| a.to_string()));
-        Self::spawn(dir, args, true).await
+        Self::spawn(dir, args, &[], true).await
     }
 
     /// Starts `switchyard run` against the test cluster with `extra` flags.
@@ -69,14 +69,26 @@ impl Switchyard {
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec!["run".to_string(), "--kubeconfig".to_string(), kubeconfig.display().to_string()];
         args.extend(extra.iter().map(|a| a.to_string()));
-        Self::spawn(dir, args, wait_ready).await
+        Self::spawn(dir, args, &[], wait_ready).await
     }
 
-    async fn spawn(dir: tempfile::TempDir, args: Vec<String>, wait_ready: bool) -> Self {
+    /// Like [`start_run`](Self::start_run), with `flags` exactly as given
+    /// (after `run --kubeconfig`; the test's own address, worker and log
+    /// flags still come last) and extra environment variables, as a pod
+    /// spec would pass them.
+    pub async fn start_run_env(kubeconfig: &Path, flags: &[String], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["run".to_string(), "--kubeconfig".to_string(), kubeconfig.display().to_string()];
+        args.extend(flags.iter().cloned());
+        Self::spawn(dir, args, env, true).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, args: Vec<String>, env: &[(&str, &str)], wait_ready: bool) -> Self {
         let (http, admin) = (free_addr(), free_addr());
         let log = dir.path().join("switchyard.log.txt");
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(&args)
+            .envs(env.iter().copied())
             .args(["--http-addr", &http.to_string(), "--admin-addr", &admin.to_string(), "--workers", "2"])
             .args(["--drain-timeout", "10s", "--log", "info,switchyard_controller=debug"])
             .stdout(Stdio::null())
