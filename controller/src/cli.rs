@@ -31,7 +31,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve traffic from Ingress/Service/EndpointSlice manifests in a
     /// directory, watched for changes (no Kubernetes API needed).
-    Standalone(StandaloneArgs),
+    Standalone(Box<StandaloneArgs>),
     /// Run in a cluster: watch the Kubernetes API, serve traffic, and (as
     /// the elected leader) write Ingress status and Events.
     Run(Box<RunArgs>),
@@ -62,9 +62,30 @@ pub struct DataplaneArgs {
     /// Time allowed for an upstream's response headers (504 when exceeded).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
-    /// Time allowed for a client to send a request head.
+    /// Time allowed for a client to send a request head, from its first
+    /// byte (slowloris guard: the connection is closed).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Connections served at once per listener; more wait in the accept
+    /// queue until one closes. 0: no limit.
+    #[arg(long, default_value_t = 16384)]
+    pub max_connections: usize,
+    /// Longest request line in bytes (414 beyond it).
+    #[arg(long, default_value_t = 8192)]
+    pub max_request_line: usize,
+    /// Largest request header section in bytes (431 beyond it).
+    #[arg(long, default_value_t = 32768)]
+    pub max_header_bytes: usize,
+    /// Most request header fields (431 beyond it).
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+    /// Request body size limit of Ingresses without a `proxy-body-size`
+    /// annotation (413 beyond it), nginx syntax: `1m`, `512k`, `0` (none).
+    #[arg(long, default_value = "1m", value_parser = parse_body_size)]
+    pub max_body_size: u64,
     /// On SIGTERM: how long /readyz reports 503 before listeners stop
     /// accepting (lets load balancers notice).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
@@ -178,6 +199,15 @@ pub struct EchoArgs {
     /// Delay every answer by this many milliseconds (a slow backend).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+}
+
+/// nginx size syntax; `0` means no limit (`u64::MAX`).
+fn parse_body_size(text: &str) -> Result<u64, String> {
+    match switchyard_dataplane::proxy::parse_size(text) {
+        Some(0) => Ok(u64::MAX),
+        Some(n) => Ok(n),
+        None => Err(format!("{text:?} is not a size like 512k, 8m or 0")),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Standalone(args) => standalone::run(args).await,
+            Command::Standalone(args) => standalone::run(*args).await,
             Command::Run(args) => run::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Echo(args) => {

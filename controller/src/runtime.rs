@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context as _;
 use switchyard_dataplane::SnapshotHandle;
 use switchyard_dataplane::admin::{AdminState, serve_admin};
+use switchyard_dataplane::listener::audit::HeadLimits;
 use switchyard_dataplane::listener::{ListenerConfig, serve_http};
 use switchyard_dataplane::metrics::Metrics;
 use switchyard_dataplane::proxy::{Proxy, ProxyConfig};
@@ -51,11 +52,19 @@ impl Dataplane {
             connect_timeout: self.args.connect_timeout,
             upstream_timeout: self.args.upstream_timeout,
             trusted_proxies: self.args.trusted_proxies.clone(),
+            max_body_size: self.args.max_body_size,
             ..ProxyConfig::default()
         };
         let listener_config = ListenerConfig {
             header_read_timeout: self.args.header_read_timeout,
+            idle_timeout: self.args.idle_timeout,
             drain_timeout: self.args.drain_timeout,
+            max_connections: Some(self.args.max_connections).filter(|&n| n > 0),
+            head_limits: HeadLimits {
+                max_request_line: self.args.max_request_line,
+                max_header_bytes: self.args.max_header_bytes,
+            },
+            max_headers: self.args.max_headers,
         };
         let proxy = Arc::new(Proxy::new(self.snapshots.clone(), self.metrics.clone(), proxy_config));
         let admin_state = Arc::new(AdminState::new(self.snapshots.clone(), self.metrics.clone()));

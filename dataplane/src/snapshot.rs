@@ -51,6 +51,11 @@ pub struct Route {
     pub backend: usize,
     /// `namespace/name` of the Ingress that declared the route.
     pub source: Arc<str>,
+    /// Request body size limit (413 beyond it), from the Ingress's
+    /// `proxy-body-size` annotation. `None`: the proxy's default;
+    /// `Some(u64::MAX)`: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<u64>,
 }
 
 /// A Service port and the endpoints that currently serve it.

@@ -19,6 +19,7 @@ pub use switchyard_controller::demo::endpoint_slice;
 
 pub mod cluster;
 pub mod netns;
+pub mod raw;
 
 /// A free loopback port (bound then released).
 pub fn free_addr() -> SocketAddr {

@@ -31,6 +31,8 @@ pub enum Reason {
     PolicyConflict,
     /// A policy whose fields contradict each other.
     InvalidPolicy,
+    /// An annotation whose value does not parse (the default applies).
+    InvalidAnnotation,
 }
 
 impl Reason {
@@ -47,6 +49,7 @@ impl Reason {
             Self::TargetNotFound => "TargetNotFound",
             Self::PolicyConflict => "PolicyConflict",
             Self::InvalidPolicy => "InvalidPolicy",
+            Self::InvalidAnnotation => "InvalidAnnotation",
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use switchyard_dataplane::proxy::parse_size;
 use switchyard_dataplane::router::{RouteError, Router};
 use switchyard_dataplane::{PathKind, Route};
 
@@ -11,6 +12,12 @@ use super::diagnostics::{Diagnostic, Reason};
 use crate::world::ObjectKey;
 
 const KIND: &str = "Ingress";
+
+/// Request body size limit of every route of the Ingress (nginx syntax).
+pub const BODY_SIZE_ANNOTATION: &str = "switchyard.dev/proxy-body-size";
+/// The ingress-nginx spelling, honoured so that manifests carry over; ours
+/// wins when both are set.
+pub const NGINX_BODY_SIZE_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-body-size";
 
 pub(super) fn add_ingress(
     key: &ObjectKey,
@@ -21,12 +28,19 @@ pub(super) fn add_ingress(
 ) {
     let Some(spec) = &ing.spec else { return };
     let source: Arc<str> = key.to_string().into();
+    let max_body_size = body_size(key, ing, diagnostics);
 
     if let Some(default) = &spec.default_backend
         && let Some(backend) = resolve(key, default, backends, diagnostics)
     {
-        let route =
-            Route { host: "*".into(), path: "".into(), kind: PathKind::Prefix, backend, source: source.clone() };
+        let route = Route {
+            host: "*".into(),
+            path: "".into(),
+            kind: PathKind::Prefix,
+            backend,
+            source: source.clone(),
+            max_body_size,
+        };
         if let Err(existing) = router.set_default_backend(route) {
             diagnostics.push(Diagnostic::new(
                 KIND,
@@ -50,7 +64,8 @@ pub(super) fn add_ingress(
             let Some(backend) = resolve(key, &p.backend, backends, diagnostics) else {
                 continue;
             };
-            let route = Route { host: "".into(), path: path.into(), kind, backend, source: source.clone() };
+            let route =
+                Route { host: "".into(), path: path.into(), kind, backend, source: source.clone(), max_body_size };
             if let Err(err) = router.add_route(host, route) {
                 let reason = match err {
                     RouteError::InvalidHost { .. } => Reason::InvalidHost,
@@ -81,4 +96,26 @@ fn resolve(
         return None;
     };
     Some(backends.resolve(key, &key.namespace, service, diagnostics))
+}
+
+/// The Ingress's body size limit: `None` when it sets none (or an invalid
+/// one, reported), `Some(u64::MAX)` for `0` (no limit).
+fn body_size(key: &ObjectKey, ing: &Ingress, diagnostics: &mut Vec<Diagnostic>) -> Option<u64> {
+    let annotations = ing.metadata.annotations.as_ref()?;
+    let (name, value) = [BODY_SIZE_ANNOTATION, NGINX_BODY_SIZE_ANNOTATION]
+        .into_iter()
+        .find_map(|name| annotations.get(name).map(|value| (name, value)))?;
+    match parse_size(value) {
+        Some(0) => Some(u64::MAX),
+        Some(bytes) => Some(bytes),
+        None => {
+            diagnostics.push(Diagnostic::new(
+                KIND,
+                key,
+                Reason::InvalidAnnotation,
+                format!("{name}: {value:?} is not a size like 512k, 8m or 0 (no limit); using the default limit"),
+            ));
+            None
+        }
+    }
 }

@@ -39,3 +39,69 @@ impl Body for GuardedBody {
         self.inner.size_hint()
     }
 }
+
+// === impl ClientBody ===
+
+/// Why the client's request body stopped short of the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BodyFailure {
+    /// Longer than the route's body size limit (413).
+    TooLarge,
+    /// Malformed (bad chunk) or cut off by the client (400).
+    Client,
+}
+
+/// The client's request body on its way upstream, cut off when it passes
+/// the route's size limit. What went wrong is left in `failure`, so that
+/// the proxy can answer 413 or 400 instead of blaming the upstream.
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    /// Bytes still allowed (`u64::MAX`: no limit).
+    allowed: u64,
+    failure: std::sync::Arc<std::sync::OnceLock<BodyFailure>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the size limit")]
+struct TooLarge;
+
+impl ClientBody {
+    pub(super) fn new(inner: Incoming, limit: u64) -> (Self, std::sync::Arc<std::sync::OnceLock<BodyFailure>>) {
+        let failure = std::sync::Arc::default();
+        (Self { inner, allowed: limit, failure: std::sync::Arc::clone(&failure) }, failure)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.allowed {
+                    let _ = this.failure.set(BodyFailure::TooLarge);
+                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                }
+                this.allowed -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(err)) => {
+                let _ = this.failure.set(BodyFailure::Client);
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -6,7 +6,9 @@
 
 mod affinity;
 mod body;
+mod checks;
 mod client_ip;
+mod conn_state;
 mod hash_key;
 mod headers;
 mod local;
@@ -30,11 +32,15 @@ use crate::balance::InFlightGuard;
 use crate::metrics::Metrics;
 use crate::snapshot::{Backend, Endpoint, SnapshotHandle};
 
-pub use body::GuardedBody;
+pub use body::{ClientBody, GuardedBody};
+pub use checks::parse_size;
+pub use conn_state::{ConnState, Rejection, RequestGuard};
 pub use local::local_response;
 
+use body::BodyFailure;
+
 /// Request body toward the upstream: the client's, or empty for a retry.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 
 /// Response body: the upstream's streamed body, or a short local answer.
 pub type ProxyBody = Either<GuardedBody, Full<Bytes>>;
@@ -50,7 +56,13 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed (`--trusted-proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Request body size limit of routes that set none (413 beyond it;
+    /// `u64::MAX`: no limit).
+    pub max_body_size: u64,
 }
+
+/// nginx's `client_max_body_size` default: 1 MiB.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 1024 * 1024;
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -59,6 +71,7 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             trusted_proxies: Vec::new(),
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
         }
     }
 }
@@ -136,11 +149,17 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: every error becomes a response.
-    pub async fn serve(&self, req: Request<Incoming>, conn: ConnInfo) -> Result<Response<ProxyBody>, Infallible> {
+    /// `state` is what the connection's raw-byte audit found.
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        state: &ConnState,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
-        if let Some(problem) = host_problem(&req) {
-            self.metrics.requests.with_label_values(&["", "", StatusCode::BAD_REQUEST.as_str()]).inc();
-            return Ok(local_response(StatusCode::BAD_REQUEST, problem));
+        if let Some(rejection) = state.rejection().or_else(|| checks::request_problem(&req)) {
+            self.metrics.requests.with_label_values(&["", "", rejection.status.as_str()]).inc();
+            return Ok(refuse(rejection));
         }
         let snapshot = self.snapshots.load();
         let route = snapshot.router.route(request_host(&req), req.uri().path());
@@ -149,6 +168,11 @@ impl Proxy {
             return Ok(local_response(StatusCode::NOT_FOUND, "no route for this host and path"));
         };
         let backend = &snapshot.backends[route.backend];
+        let body_limit = route.max_body_size.unwrap_or(self.config.max_body_size);
+        if checks::content_length(&req).is_some_and(|len| len > body_limit) {
+            self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "413"]).inc();
+            return Ok(refuse(checks::TOO_LARGE));
+        }
         let response = match &backend.unavailable {
             Some(reason) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
             None => {
@@ -158,7 +182,7 @@ impl Proxy {
                     ip: client_ip::client_ip(req.headers(), conn.peer.ip(), trusted),
                     via_trusted_proxy: client_ip::is_trusted(conn.peer.ip(), trusted),
                 };
-                self.balance_and_forward(req, backend, client, start).await
+                self.balance_and_forward(req, backend, client, body_limit, start).await
             }
         };
         self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, response.status().as_str()]).inc();
@@ -176,6 +200,7 @@ impl Proxy {
         req: Request<Incoming>,
         backend: &Backend,
         client: ClientInfo,
+        body_limit: u64,
         start: Instant,
     ) -> Response<ProxyBody> {
         let key = hash_key::request_hash(&req, client.ip, &backend.balance);
@@ -191,7 +216,22 @@ impl Proxy {
         let replay = (retries.attempts > 0).then(|| replayable_head(&req)).flatten();
         // Allocates only when a retry happens.
         let mut tried = Vec::new();
-        let mut result = self.forward_to(req.map(Either::Left), backend, chosen, client).await;
+        let (req, body_failure) = {
+            let (parts, body) = req.into_parts();
+            let (body, failure) = ClientBody::new(body, body_limit);
+            (Request::from_parts(parts, Either::Left(body)), failure)
+        };
+        let mut result = self.forward_to(req, backend, chosen, client).await;
+        if result.is_err()
+            && let Some(failure) = body_failure.get()
+        {
+            // The client's body failed, not the endpoint.
+            tracing::debug!(service = %backend.service, ?failure, "request body refused");
+            return refuse(match failure {
+                BodyFailure::TooLarge => checks::TOO_LARGE,
+                BodyFailure::Client => checks::BAD_BODY,
+            });
+        }
         for _ in 0..retries.attempts {
             let retry = match &result {
                 Err(ForwardError::Connect) => retries.on_connect_failure,
@@ -281,7 +321,7 @@ impl Proxy {
         let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        headers::prepare_request(&mut parts, upgrade, client);
+        headers::prepare_request(&mut parts, upgrade.clone(), client);
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -301,6 +341,12 @@ impl Proxy {
             let Some(downstream) = downstream_upgrade else {
                 return Err(ForwardError::UnrequestedUpgrade);
             };
+            // Only to the protocol the client asked for (RFC 9110 §7.8).
+            let asked = upgrade.as_ref().map(|v| v.as_bytes());
+            let switched = resp.headers().get(http::header::UPGRADE).map(|v| v.as_bytes());
+            if !matches!((asked, switched), (Some(a), Some(s)) if a.eq_ignore_ascii_case(s)) {
+                return Err(ForwardError::UnrequestedUpgrade);
+            }
             // The tunnel holds the guard: a WebSocket counts while open.
             upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp), endpoint.addr, guard);
             return Ok(resp.map(|b| GuardedBody::new(b, None)));
@@ -348,23 +394,12 @@ fn replayable_head(req: &Request<Incoming>) -> Option<http::request::Parts> {
     Some(copy_head(req.method(), req.uri(), req.version(), req.headers()))
 }
 
-/// Requests whose target is ambiguous are refused (RFC 9110 §7.2, RFC 9112
-/// §3.2, RFC 9113 §8.3.1): several Host fields, or an absolute-form target
-/// or `:authority` that names another host than the Host field. Routing on
-/// one and forwarding the other would let a client reach a virtual host
-/// that no Ingress exposes.
-fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
-    let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Some("more than one Host header");
-    }
-    match (req.uri().authority(), host) {
-        (Some(authority), Some(host)) if !authority.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) => {
-            Some("the request target's host and the Host header disagree")
-        }
-        _ => None,
-    }
+/// A local refusal after which the connection is closed: the rest of what
+/// the client sent cannot be trusted to be framed as it meant.
+fn refuse(rejection: Rejection) -> Response<ProxyBody> {
+    let mut resp = local_response(rejection.status, rejection.reason);
+    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
 }
 
 /// The authority the client addressed: the URI's (HTTP/2, absolute-form)
