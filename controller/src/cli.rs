@@ -86,18 +86,40 @@ pub struct DataplaneArgs {
     /// annotation (413 beyond it), nginx syntax: `1m`, `512k`, `0` (none).
     #[arg(long, default_value = "1m", value_parser = parse_body_size)]
     pub max_body_size: u64,
-    /// On SIGTERM: how long /readyz reports 503 before listeners stop
-    /// accepting (lets load balancers notice).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    /// On SIGTERM: how long /readyz reports 503 (and HTTP/1 responses say
+    /// `Connection: close`) while listeners still accept, so that the
+    /// Service's endpoints and load balancers stop sending new connections
+    /// first. Delay + drain timeout must fit the pod's grace period (30s by
+    /// default in Kubernetes).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
     /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For is believed:
     /// the client address is then the rightmost untrusted hop (for
     /// X-Real-IP, IPHash and logs). Default: none.
     #[arg(long, value_delimiter = ',', value_name = "CIDR")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// On SIGTERM: how long in-flight requests may still run.
-    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    /// After the shutdown delay: how long in-flight requests and WebSockets
+    /// may still run (WebSockets then get a Close frame, 1001).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Access log, one JSON line per request: a file path (appended to)
+    /// or `-` for stdout. Default: off.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<String>,
+    /// Fraction of requests written to the access log, 0 to 1.
+    #[arg(long, default_value_t = 1.0, value_name = "RATE", value_parser = parse_rate)]
+    pub access_log_sample: f64,
+    /// HTTPS listener address (TLS termination; certificates from the
+    /// served Ingresses' `spec.tls`). Default: no HTTPS listener.
+    #[arg(long)]
+    pub https_addr: Option<SocketAddr>,
+    /// Lowest TLS version accepted: 1.2 or 1.3.
+    #[arg(long, default_value = "1.2")]
+    pub tls_min_version: switchyard_dataplane::tls::MinVersion,
+    /// `Strict-Transport-Security` value on HTTPS responses for hosts with
+    /// TLS; empty: no header.
+    #[arg(long, default_value = "max-age=31536000; includeSubDomains")]
+    pub hsts: String,
 }
 
 /// Flags that decide which Ingresses are ours.
@@ -112,6 +134,10 @@ pub struct ClassArgs {
     /// Also serve Ingresses that name no class.
     #[arg(long)]
     pub watch_ingress_without_class: bool,
+    /// `kubernetes.io/tls` Secret served for unknown or missing SNI
+    /// (default: a self-signed certificate made at start).
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key)]
+    pub default_ssl_certificate: Option<crate::world::ObjectKey>,
 }
 
 impl ClassArgs {
@@ -120,6 +146,7 @@ impl ClassArgs {
             ingress_class: self.ingress_class.clone(),
             controller_name: self.controller_name.clone(),
             watch_without_class: self.watch_ingress_without_class,
+            default_certificate: self.default_ssl_certificate.clone(),
         }
     }
 }
@@ -140,10 +167,6 @@ pub struct RunArgs {
     /// Kubeconfig file (default: $KUBECONFIG, then in-cluster config).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// HTTPS listener address (TLS termination is not implemented yet: the
-    /// flag is accepted and a warning logged).
-    #[arg(long)]
-    pub https_addr: Option<SocketAddr>,
     /// Only watch this namespace (default: all namespaces).
     #[arg(long)]
     pub watch_namespace: Option<String>,
@@ -207,6 +230,22 @@ fn parse_body_size(text: &str) -> Result<u64, String> {
         Some(0) => Ok(u64::MAX),
         Some(n) => Ok(n),
         None => Err(format!("{text:?} is not a size like 512k, 8m or 0")),
+    }
+}
+
+fn parse_object_key(text: &str) -> Result<crate::world::ObjectKey, String> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(crate::world::ObjectKey::new(ns, name))
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate between 0 and 1")),
     }
 }
 

@@ -52,6 +52,10 @@ impl Publisher {
         let generation = self.handle.publish(snapshot);
         self.prober.reconcile(&self.handle.load());
         self.metrics.snapshot_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.metrics.tls_certificate_expiry.reset();
+        for cert in self.handle.load().tls.certs() {
+            self.metrics.tls_certificate_expiry.with_label_values(&[&*cert.secret]).set(cert.not_after);
+        }
         self.metrics.config_reloads.with_label_values(&["applied"]).inc();
         tracing::info!(generation, vhosts, backends, ingresses = compiled.served_ingresses.len(), "snapshot live");
         compiled

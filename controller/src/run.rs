@@ -23,9 +23,6 @@ use crate::status::{PublishSource, StatusInput, StatusWriter};
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = client(&args).await?;
     let publish = publish_source(&args)?;
-    if let Some(addr) = args.https_addr {
-        tracing::warn!(%addr, "--https-addr: TLS termination is not implemented yet; not listening there");
-    }
     anyhow::ensure!(
         args.lease_duration >= leader::MIN_LEASE_DURATION,
         "--lease-duration {:?}: must be at least {:?}",

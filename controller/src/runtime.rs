@@ -1,6 +1,13 @@
 //! Wiring shared by every serving mode: bind listeners, serve, and shut
-//! down in order on SIGTERM/SIGINT (readiness first, then stop accepting,
-//! then drain).
+//! down in order on SIGTERM/SIGINT:
+//!
+//! 1. `/readyz` turns 503 and HTTP/1 responses say `Connection: close`,
+//!    while the listeners keep accepting for `--shutdown-delay` (the
+//!    Service's endpoints and load balancers catch up meanwhile);
+//! 2. the listeners close; idle keep-alive connections close, HTTP/2 ones
+//!    get GOAWAY, in-flight requests and WebSockets get `--drain-timeout`;
+//! 3. WebSockets still open get a Close frame (1001, going away);
+//! 4. the process exits 0. A second signal skips what is left.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,9 +16,10 @@ use anyhow::Context as _;
 use switchyard_dataplane::SnapshotHandle;
 use switchyard_dataplane::admin::{AdminState, serve_admin};
 use switchyard_dataplane::listener::audit::HeadLimits;
-use switchyard_dataplane::listener::{ListenerConfig, serve_http};
+use switchyard_dataplane::listener::{Drain, ListenerConfig, TlsTermination, serve_http, serve_https};
 use switchyard_dataplane::metrics::Metrics;
-use switchyard_dataplane::proxy::{Proxy, ProxyConfig};
+use switchyard_dataplane::proxy::{AccessLog, AccessLogTarget, Proxy, ProxyConfig};
+use switchyard_dataplane::tls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -23,6 +31,7 @@ pub struct Dataplane {
     pub metrics: Arc<Metrics>,
     args: DataplaneArgs,
     http: TcpListener,
+    https: Option<TcpListener>,
     admin: TcpListener,
 }
 
@@ -36,12 +45,21 @@ impl Dataplane {
         let admin = TcpListener::bind(args.admin_addr)
             .await
             .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
-        tracing::info!(http = %http.local_addr()?, admin = %admin.local_addr()?, "listening");
+        let https = match args.https_addr {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --https-addr {addr}"))?)
+            }
+            None => None,
+        };
+        let https_addr = https.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());
+        tracing::info!(http = %http.local_addr()?, https = https_addr.as_deref().unwrap_or("off"),
+            admin = %admin.local_addr()?, "listening");
         Ok(Self {
             snapshots: Arc::new(SnapshotHandle::default()),
             metrics: Arc::new(Metrics::new()),
             args: args.clone(),
             http,
+            https,
             admin,
         })
     }
@@ -53,6 +71,8 @@ impl Dataplane {
             upstream_timeout: self.args.upstream_timeout,
             trusted_proxies: self.args.trusted_proxies.clone(),
             max_body_size: self.args.max_body_size,
+            access_log: self.access_log()?,
+            hsts: self.hsts()?,
             ..ProxyConfig::default()
         };
         let listener_config = ListenerConfig {
@@ -69,17 +89,40 @@ impl Dataplane {
         let proxy = Arc::new(Proxy::new(self.snapshots.clone(), self.metrics.clone(), proxy_config));
         let admin_state = Arc::new(AdminState::new(self.snapshots.clone(), self.metrics.clone()));
 
-        let (stop_http, http_stopped) = watch::channel(false);
+        let drain = Drain::default();
         let (stop_admin, admin_stopped) = watch::channel(false);
-        let http_task = tokio::spawn(serve_http(self.http, proxy, listener_config, wait_for(http_stopped)));
+        let https_task = self.https.map(|listener| {
+            let tls = TlsTermination {
+                config: tls::server_config(
+                    Arc::new(tls::SniResolver::new(self.snapshots.clone(), tls::self_signed("switchyard-default"))),
+                    self.args.tls_min_version,
+                ),
+                snapshots: self.snapshots.clone(),
+                handshake_timeout: self.args.header_read_timeout,
+            };
+            tokio::spawn(serve_https(listener, proxy.clone(), listener_config.clone(), drain.clone(), tls))
+        });
+        let http_task = tokio::spawn(serve_http(self.http, proxy, listener_config, drain.clone()));
         let admin_task = tokio::spawn(serve_admin(self.admin, admin_state.clone(), wait_for(admin_stopped)));
 
-        shutdown_signal().await?;
-        tracing::info!(delay = ?self.args.shutdown_delay, "shutdown requested: readiness off");
+        let mut signals = Signals::install()?;
+        signals.next().await;
+        tracing::info!(delay = ?self.args.shutdown_delay, "shutdown requested: readiness off, keep-alive ending");
         admin_state.shutting_down.store(true, Ordering::Release);
-        tokio::time::sleep(self.args.shutdown_delay).await;
-        let _ = stop_http.send(true);
-        http_task.await.context("HTTP listener task")?;
+        drain.close_keep_alive();
+        let sequence = async {
+            tokio::time::sleep(self.args.shutdown_delay).await;
+            tracing::info!(drain = ?self.args.drain_timeout, "shutdown delay over: no longer accepting");
+            drain.stop_accepting();
+            if let Some(task) = https_task {
+                task.await.context("HTTPS listener task")?;
+            }
+            http_task.await.context("HTTP listener task")
+        };
+        tokio::select! {
+            done = sequence => done?,
+            () = signals.next() => tracing::warn!("second signal: exiting without finishing the drain"),
+        }
         let _ = stop_admin.send(true);
         admin_task.await.context("admin listener task")?;
         tracing::info!("shutdown complete");
@@ -87,17 +130,50 @@ impl Dataplane {
     }
 }
 
+impl Dataplane {
+    /// `--hsts` as a header value (`None` when empty).
+    fn hsts(&self) -> anyhow::Result<Option<http::HeaderValue>> {
+        let value = self.args.hsts.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(http::HeaderValue::try_from(value).with_context(|| format!("--hsts {value:?}: not a header value"))?))
+    }
+
+    /// Opens `--access-log`, if given.
+    fn access_log(&self) -> anyhow::Result<Option<AccessLog>> {
+        let Some(target) = &self.args.access_log else { return Ok(None) };
+        let sample = self.args.access_log_sample;
+        let log = AccessLog::start(&AccessLogTarget::parse(target), sample, self.metrics.access_log_dropped.clone())
+            .with_context(|| format!("cannot open --access-log {target}"))?;
+        tracing::info!(target = %target, sample, "access log on");
+        Ok(Some(log))
+    }
+}
+
 async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, installed once so that a second one is seen too.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod snapshot;
+pub mod tls;
 
 pub use snapshot::{
     AffinityCookie, Backend, BalanceConfig, Endpoint, HashOn, PathKind, Route, Snapshot, SnapshotHandle,

@@ -1,6 +1,6 @@
 //! Accept loops: one per listening socket, each connection served by
 //! hyper's auto (HTTP/1.1 + h2c) builder with upgrades, and drained
-//! gracefully on shutdown.
+//! gracefully on shutdown (see [`Drain`] for the steps).
 //!
 //! Every HTTP/1 connection is read through an [`audit`] of its raw bytes
 //! (framing hyper repairs silently, exact head sizes) and two timers (slow
@@ -9,9 +9,9 @@
 pub mod audit;
 mod conn_io;
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,11 +19,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus::IntCounter;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::proxy::{ConnInfo, ConnState, Proxy, RequestGuard};
+use crate::proxy::{ConnInfo, ConnState, GOING_AWAY_GRACE, Proxy, RequestGuard};
 use audit::{Audit, HeadLimits};
 use conn_io::{AuditedIo, ConnTimeouts};
 
@@ -51,7 +52,7 @@ impl Default for ListenerConfig {
         Self {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(25),
+            drain_timeout: Duration::from_secs(20),
             max_connections: None,
             head_limits: HeadLimits::default(),
             max_headers: 100,
@@ -59,15 +60,94 @@ impl Default for ListenerConfig {
     }
 }
 
-/// Serves plain-HTTP proxy traffic on `listener` until `shutdown`
-/// completes, then stops accepting and drains open connections (idle
-/// keep-alive connections are closed, in-flight requests finish) for at most
-/// `drain_timeout`.
-pub async fn serve_http(
+// === impl Drain ===
+
+/// The runtime's hold on its listeners' shutdown, in two steps:
+///
+/// 1. [`close_keep_alive`](Self::close_keep_alive) (readiness just turned
+///    503): connections are still accepted, but every HTTP/1 response says
+///    `Connection: close`, so clients move to new connections, which the
+///    load balancer sends elsewhere once it has noticed;
+/// 2. [`stop_accepting`](Self::stop_accepting): the listener closes
+///    (connections the kernel already completed are still served), idle
+///    keep-alive connections close, HTTP/2 connections get GOAWAY, and
+///    in-flight requests and WebSockets get `drain_timeout` to finish;
+///    WebSockets still open then get a Close frame (1001).
+#[derive(Clone, Debug)]
+pub struct Drain {
+    shared: Arc<DrainShared>,
+}
+
+#[derive(Debug)]
+struct DrainShared {
+    closing_keep_alive: AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        let shared = DrainShared { closing_keep_alive: AtomicBool::new(false), stop: watch::Sender::new(false) };
+        Self { shared: Arc::new(shared) }
+    }
+}
+
+impl Drain {
+    /// Step 1: keep accepting, end keep-alive.
+    pub fn close_keep_alive(&self) {
+        self.shared.closing_keep_alive.store(true, Ordering::Release);
+    }
+
+    /// Step 2 (implies step 1): stop accepting and drain.
+    pub fn stop_accepting(&self) {
+        self.close_keep_alive();
+        self.shared.stop.send_replace(true);
+    }
+
+    fn is_closing_keep_alive(&self) -> bool {
+        self.shared.closing_keep_alive.load(Ordering::Acquire)
+    }
+
+    async fn stopped(&self) {
+        let mut stop = self.shared.stop.subscribe();
+        let _ = stop.wait_for(|stop| *stop).await;
+    }
+}
+
+// === serve_http ===
+
+/// Serves plain-HTTP proxy traffic on `listener` until `drain` says stop,
+/// then drains open connections and tunnels for at most `drain_timeout`.
+pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, config: ListenerConfig, drain: Drain) {
+    serve(listener, proxy, config, drain, None).await;
+}
+
+/// Like [`serve_http`], terminating TLS first (see [`TlsTermination`]).
+pub async fn serve_https(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     config: ListenerConfig,
-    shutdown: impl Future<Output = ()>,
+    drain: Drain,
+    tls: TlsTermination,
+) {
+    serve(listener, proxy, config, drain, Some(tls)).await;
+}
+
+/// TLS on a listener: the rustls configuration (its resolver picks each
+/// handshake's certificate from the snapshot in force) and the bound on a
+/// handshake's duration.
+#[derive(Clone)]
+pub struct TlsTermination {
+    pub config: Arc<rustls::ServerConfig>,
+    pub snapshots: Arc<crate::SnapshotHandle>,
+    pub handshake_timeout: Duration,
+}
+
+async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    config: ListenerConfig,
+    drain: Drain,
+    tls: Option<TlsTermination>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The head timeout is the audited socket's (hyper's would also run
@@ -88,18 +168,26 @@ pub async fn serve_http(
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     let slots = Arc::new(Semaphore::new(config.max_connections.unwrap_or(Semaphore::MAX_PERMITS)));
-    let timeouts = ConnTimeouts { header_read: config.header_read_timeout, idle: config.idle_timeout };
-    tokio::pin!(shutdown);
+    let conns = Arc::new(Connections {
+        builder,
+        proxy: proxy.clone(),
+        config: config.clone(),
+        drain: drain.clone(),
+        truncated: proxy.metrics().upstream_errors.with_label_values(&["truncated"]),
+        tls,
+    });
+    let stopped = drain.stopped();
+    tokio::pin!(stopped);
     loop {
         // Beyond the limit, connections wait in the accept queue.
         let slot = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = &mut stopped => break,
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
         let (stream, peer) = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -110,35 +198,116 @@ pub async fn serve_http(
                 }
             },
         };
+        conns.serve(&graceful, stream, peer, Some(slot));
+    }
+    // Closing the socket resets connections still in its accept queue:
+    // take those first (they complete a handshake the client saw succeed).
+    let mut late = 0;
+    while let Some((stream, peer)) = accept_now(&listener) {
+        conns.serve(&graceful, stream, peer, slots.clone().try_acquire_owned().ok());
+        late += 1;
+    }
+    drop(listener);
+    drop(conns);
+    let tunnels = proxy.tunnels().clone();
+    tracing::info!(?local, late, tunnels = tunnels.open(), "listener closed; draining connections");
+    let drained = async {
+        graceful.shutdown().await;
+        tunnels.all_closed().await;
+    };
+    if tokio::time::timeout(config.drain_timeout, drained).await.is_err() {
+        tracing::warn!(?local, timeout = ?config.drain_timeout, tunnels = tunnels.open(),
+            "drain deadline reached; closing WebSockets (1001) and remaining connections");
+        tunnels.go_away();
+        let _ = tokio::time::timeout(GOING_AWAY_GRACE, tunnels.all_closed()).await;
+    }
+}
+
+/// A connection already in the accept queue, without waiting.
+fn accept_now(listener: &TcpListener) -> Option<(TcpStream, std::net::SocketAddr)> {
+    let waker = std::task::Waker::noop();
+    match listener.poll_accept(&mut Context::from_waker(waker)) {
+        Poll::Ready(Ok(pair)) => Some(pair),
+        Poll::Ready(Err(_)) | Poll::Pending => None,
+    }
+}
+
+/// What serving one accepted connection needs. Shared by the accept loop
+/// and TLS handshakes in flight; dropped before the drain waits for the
+/// connections it watches.
+struct Connections {
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    config: ListenerConfig,
+    drain: Drain,
+    truncated: IntCounter,
+    tls: Option<TlsTermination>,
+}
+
+impl Connections {
+    fn serve(
+        self: &Arc<Self>,
+        graceful: &GracefulShutdown,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo { peer, local: stream.local_addr().unwrap_or(peer), tls: false };
-        let proxy = proxy.clone();
-        let state = Arc::new(ConnState::default());
-        let io = AuditedIo::new(stream, Audit::new(config.head_limits), state.clone(), timeouts);
-        let service = service_fn(move |req| {
-            let (proxy, state) = (proxy.clone(), state.clone());
-            async move {
-                let guard = state.start_request();
-                let resp = proxy.serve(req, conn_info, &state).await?;
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    state.mark_upgraded();
+        let local = stream.local_addr().unwrap_or(peer);
+        // Taken now: the drain waits for a handshake in flight too.
+        let watcher = graceful.watcher();
+        let Some(tls) = &self.tls else {
+            return self.serve_io(watcher, stream, ConnInfo { peer, local, tls: false }, slot);
+        };
+        // The handshake runs in the connection's own task, bounded in time.
+        let (this, tls) = (self.clone(), tls.clone());
+        tokio::spawn(async move {
+            let metrics = this.proxy.metrics().clone();
+            let handshake = tokio::time::timeout(tls.handshake_timeout, handshake(stream, &tls, &metrics));
+            match handshake.await {
+                Ok(Some(stream)) => this.serve_io(watcher, stream, ConnInfo { peer, local, tls: true }, slot),
+                Ok(None) => {}
+                Err(_) => {
+                    metrics.tls_handshakes.with_label_values(&["", "timeout"]).inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
                 }
-                Ok::<_, std::convert::Infallible>(resp.map(|body| CountedBody { body, _guard: guard }))
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-        let conn = graceful.watch(conn);
+    }
+
+    fn serve_io<S>(&self, watcher: Watcher, stream: S, conn_info: ConnInfo, slot: Option<OwnedSemaphorePermit>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = conn_info.peer;
+        let (proxy, drain, truncated) = (self.proxy.clone(), self.drain.clone(), self.truncated.clone());
+        let state = Arc::new(ConnState::default());
+        let timeouts = ConnTimeouts { header_read: self.config.header_read_timeout, idle: self.config.idle_timeout };
+        let io = AuditedIo::new(stream, Audit::new(self.config.head_limits), state.clone(), timeouts);
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (proxy, state, drain, truncated) = (proxy.clone(), state.clone(), drain.clone(), truncated.clone());
+            async move {
+                let guard = state.start_request();
+                let http1 = req.version() <= http::Version::HTTP_11;
+                let mut resp = proxy.serve(req, conn_info, &state).await?;
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    state.mark_upgraded();
+                } else if http1 && drain.is_closing_keep_alive() {
+                    // Shutting down: this connection's last response.
+                    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                let counted = |body| CountedBody { body, _guard: guard, truncated };
+                Ok::<_, std::convert::Infallible>(resp.map(counted))
+            }
+        });
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let conn = watcher.watch(conn);
         tokio::spawn(async move {
             let _slot = slot;
             if let Err(err) = conn.await {
                 tracing::debug!(%peer, error = %err, "connection ended with error");
             }
         });
-    }
-    drop(listener);
-    tracing::info!(?local, "listener closed; draining connections");
-    if tokio::time::timeout(config.drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?local, timeout = ?config.drain_timeout, "drain deadline reached; closing remaining connections");
     }
 }
 
@@ -147,6 +316,9 @@ pub async fn serve_http(
 struct CountedBody<B> {
     body: B,
     _guard: RequestGuard,
+    /// `switchyard_upstream_errors_total{kind="truncated"}`: a body that
+    /// fails was cut short by the upstream (local bodies never fail).
+    truncated: IntCounter,
 }
 
 impl<B: Body + Unpin> Body for CountedBody<B> {
@@ -154,7 +326,12 @@ impl<B: Body + Unpin> Body for CountedBody<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if matches!(frame, Some(Err(_))) {
+            this.truncated.inc();
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -163,5 +340,41 @@ impl<B: Body + Unpin> Body for CountedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Reads the ClientHello, then completes the handshake with the
+/// certificate the SNI selects. Counted in `switchyard_tls_handshakes_total`
+/// by the served host the SNI matched (never the raw SNI).
+async fn handshake(
+    stream: TcpStream,
+    tls: &TlsTermination,
+    metrics: &crate::metrics::Metrics,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let peer = stream.peer_addr().ok();
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match acceptor.await {
+        Ok(start) => start,
+        Err(err) => {
+            metrics.tls_handshakes.with_label_values(&["", "error"]).inc();
+            tracing::debug!(?peer, error = %err, "TLS ClientHello unreadable");
+            return None;
+        }
+    };
+    let sni = start.client_hello().server_name().map(str::to_string);
+    let snapshot = tls.snapshots.load();
+    let label =
+        snapshot.tls.lookup(sni.as_deref()).map_or_else(|| "default".to_string(), |(_, s)| s.label().to_string());
+    drop(snapshot);
+    match start.into_stream(tls.config.clone()).await {
+        Ok(stream) => {
+            metrics.tls_handshakes.with_label_values(&[&label, "ok"]).inc();
+            Some(stream)
+        }
+        Err(err) => {
+            metrics.tls_handshakes.with_label_values(&[&label, "error"]).inc();
+            tracing::debug!(?peer, ?sni, error = %err, "TLS handshake failed");
+            None
+        }
     }
 }

@@ -40,6 +40,20 @@ pub struct Metrics {
     /// `switchyard_endpoint_healthy{service,endpoint}`: 1 when the endpoint
     /// takes new requests; refreshed at scrape time.
     pub endpoint_healthy: prometheus::IntGaugeVec,
+    /// `switchyard_upstream_errors_total{kind}`: failed upstream exchanges
+    /// (`connect`, `timeout`, `reset`, `protocol`), and responses the
+    /// upstream cut short mid-body (`truncated`).
+    pub upstream_errors: IntCounterVec,
+    /// `switchyard_access_log_dropped_total`: access-log lines lost (buffer
+    /// full or write failed).
+    pub access_log_dropped: prometheus::IntCounter,
+    /// `switchyard_tls_handshakes_total{sni,result}`: `sni` is the served
+    /// host the SNI matched (`default` otherwise: bounded), `result` is
+    /// `ok` or `error`.
+    pub tls_handshakes: IntCounterVec,
+    /// `switchyard_tls_certificate_expiry_timestamp_seconds{secret}`:
+    /// `notAfter` of each served certificate, as of the latest snapshot.
+    pub tls_certificate_expiry: prometheus::IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -136,8 +150,39 @@ impl Metrics {
             &["service", "endpoint"],
         )
         .expect("valid metric");
+        let access_log_dropped = prometheus::IntCounter::new(
+            "switchyard_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind or a write failed.",
+        )
+        .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_handshakes_total",
+                "TLS handshakes on the HTTPS listener, by served host and result.",
+            ),
+            &["sni", "result"],
+        )
+        .expect("valid metric");
+        let tls_certificate_expiry = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "switchyard_tls_certificate_expiry_timestamp_seconds",
+                "notAfter (Unix time) of each served certificate, by Secret.",
+            ),
+            &["secret"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_errors_total",
+                "Upstream failures by kind: connect, timeout, reset, protocol, truncated (response cut mid-body).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(health_transitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_certificate_expiry.clone()),
+            Box::new(health_transitions.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(upstream_requests.clone()),
             Box::new(upstream_in_flight.clone()),
@@ -150,10 +195,14 @@ impl Metrics {
             Box::new(snapshot_generation.clone()),
             Box::new(config_reloads.clone()),
             Box::new(rejected_objects.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(access_log_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
         Self {
+            tls_handshakes,
+            tls_certificate_expiry,
             registry,
             requests,
             request_duration,
@@ -168,6 +217,8 @@ impl Metrics {
             affinity,
             health_transitions,
             endpoint_healthy,
+            upstream_errors,
+            access_log_dropped,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub router: Router,
     /// Backends, indexed by [`Route::backend`].
     pub backends: Vec<Backend>,
+    /// Certificates for the HTTPS listener, by host.
+    pub tls: crate::tls::TlsCerts,
 }
 
 /// How a route's path is compared with the request path.
@@ -56,6 +58,30 @@ pub struct Route {
     /// `Some(u64::MAX)`: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_size: Option<u64>,
+    /// Plain-HTTP requests get a 308 to `https://` (the host has a TLS
+    /// certificate and the Ingress did not opt out with `ssl-redirect`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+    /// HTTPS responses carry `Strict-Transport-Security` (the host has TLS).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hsts: bool,
+}
+
+impl Route {
+    /// A route with the proxy's defaults for everything an Ingress's
+    /// annotations and TLS section may change.
+    pub fn new(host: &str, path: &str, kind: PathKind, backend: usize, source: Arc<str>) -> Self {
+        Self {
+            host: host.into(),
+            path: path.into(),
+            kind,
+            backend,
+            source,
+            max_body_size: None,
+            https_redirect: false,
+            hsts: false,
+        }
+    }
 }
 
 /// A Service port and the endpoints that currently serve it.

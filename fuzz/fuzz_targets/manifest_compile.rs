@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         ingress_class: "switchyard".into(),
         controller_name: "switchyard.dev/ingress-controller".into(),
         watch_without_class: true,
+        ..ClassConfig::default()
     };
     let compiled = compile(&world, &classes);
     // Every route points at a backend that exists.

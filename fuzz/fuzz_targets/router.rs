@@ -159,7 +159,7 @@ fn model(routes: &[ModelRoute], default: Option<usize>, host: Option<&str>, path
 }
 
 fn route(host: &str, path: &str, kind: PathKind, backend: usize) -> Route {
-    Route { host: host.into(), path: path.into(), kind, backend, source: format!("ns/ing-{backend}").into() }
+    Route::new(host, path, kind, backend, format!("ns/ing-{backend}").into())
 }
 
 fuzz_target!(|input: Input| {

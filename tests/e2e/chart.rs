@@ -153,6 +153,8 @@ async fn chart_lints_renders_the_checked_in_manifest_and_its_schema_rejects_bad_
         ("containerPorts.http=70000", "/containerPorts/http"),
         ("podAntiAffinity=always", "/podAntiAffinity"),
         ("controller.logFormat=xml", "/controller/logFormat"),
+        ("controller.tlsMinVersion=1.1", "/controller/tlsMinVersion"),
+        ("controller.defaultSSLCertificate=no-slash", "/controller/defaultSSLCertificate"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
     ] {
         let (ok, _, err) = helm.run(&["template", "x", CHART, "--set", set]);

@@ -1,5 +1,8 @@
 //! End-to-end: the API server is stopped and restarted while traffic flows.
 //! Its own test binary, so that no other test runs while the API is down.
+//!
+//! The outage lasts `SWITCHYARD_APISERVER_OUTAGE_SECS` seconds (default 5,
+//! to keep CI short; set 60 for the "API server gone for a minute" run).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -58,14 +61,15 @@ async fn api_server_restart_loses_no_request_and_resyncs() {
     })
     .await;
 
-    // Steady traffic (bounded: at most 20 s at ~50 requests/s) while the
-    // API server goes away for 5 s and comes back.
+    // Steady traffic (bounded: the outage plus 15 s, at ~50 requests/s)
+    // while the API server goes away and comes back.
+    let outage: u64 = std::env::var("SWITCHYARD_APISERVER_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = {
         let (stop, ok, failed, http, admin) = (stop.clone(), ok.clone(), failed.clone(), ctl.http, ctl.admin);
         tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + Duration::from_secs(outage + 15);
             let mut not_ready = 0;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match get(http, "a.test", "/").await {
@@ -83,15 +87,19 @@ async fn api_server_restart_loses_no_request_and_resyncs() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let dir = c.env["SWITCHYARD_CLUSTER_DIR"].clone();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/cluster/restart-apiserver.sh");
-    let status = tokio::task::spawn_blocking(move || Command::new("bash").args([script, &dir, "5"]).status().unwrap())
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new("bash").args([script, &dir, &outage.to_string()]).status().unwrap()
+    })
+    .await
+    .unwrap();
     assert!(status.success(), "restart-apiserver.sh failed");
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let not_ready = load.await.unwrap();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("during the API server restart: {ok} requests ok, {failed} failed, readyz not 200 {not_ready} times");
+    eprintln!(
+        "during the {outage} s API server outage: {ok} requests ok, {failed} failed, readyz not 200 {not_ready} times"
+    );
     assert!(ok > 50, "traffic flowed during the test ({ok})");
     assert_eq!(failed, 0, "no request may fail while the API server restarts");
     assert_eq!(not_ready, 0, "/readyz stays 200 through an API outage");

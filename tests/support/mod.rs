@@ -20,6 +20,7 @@ pub use switchyard_controller::demo::endpoint_slice;
 pub mod cluster;
 pub mod netns;
 pub mod raw;
+pub mod tls;
 
 /// A free loopback port (bound then released).
 pub fn free_addr() -> SocketAddr {
@@ -91,7 +92,9 @@ impl Switchyard {
             .args(&args)
             .envs(env.iter().copied())
             .args(["--http-addr", &http.to_string(), "--admin-addr", &admin.to_string(), "--workers", "2"])
-            .args(["--drain-timeout", "10s", "--log", "info,switchyard_controller=debug"])
+            .args(default_flag(&args, "--drain-timeout", "10s"))
+            .args(default_flag(&args, "--shutdown-delay", "0s"))
+            .args(["--log", "info,switchyard_controller=debug"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -152,6 +155,13 @@ impl Switchyard {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// `flag value`, unless `args` already set the flag (clap refuses a flag
+/// given twice).
+fn default_flag(args: &[String], flag: &str, value: &str) -> Vec<String> {
+    let given = args.iter().any(|a| a == flag || a.strip_prefix(flag).is_some_and(|rest| rest.starts_with('=')));
+    if given { Vec::new() } else { vec![flag.to_string(), value.to_string()] }
 }
 
 impl Drop for Switchyard {

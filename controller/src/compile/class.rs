@@ -20,6 +20,9 @@ pub struct ClassConfig {
     pub controller_name: String,
     /// `--watch-ingress-without-class`.
     pub watch_without_class: bool,
+    /// `--default-ssl-certificate`: the Secret served for unknown or
+    /// missing SNI (else a self-signed certificate made at start).
+    pub default_certificate: Option<crate::world::ObjectKey>,
 }
 
 impl Default for ClassConfig {
@@ -28,6 +31,7 @@ impl Default for ClassConfig {
             ingress_class: "switchyard".to_string(),
             controller_name: "switchyard.dev/ingress-controller".to_string(),
             watch_without_class: false,
+            default_certificate: None,
         }
     }
 }

@@ -33,6 +33,14 @@ pub enum Reason {
     InvalidPolicy,
     /// An annotation whose value does not parse (the default applies).
     InvalidAnnotation,
+    /// A `spec.tls` Secret that does not exist (the default certificate
+    /// serves its hosts).
+    TLSSecretNotFound,
+    /// A `spec.tls` Secret that is not a usable `kubernetes.io/tls` Secret:
+    /// wrong type, missing or malformed data, key not matching.
+    InvalidTLSSecret,
+    /// A TLS host an older Ingress already has a certificate for.
+    TLSHostConflict,
 }
 
 impl Reason {
@@ -50,6 +58,9 @@ impl Reason {
             Self::PolicyConflict => "PolicyConflict",
             Self::InvalidPolicy => "InvalidPolicy",
             Self::InvalidAnnotation => "InvalidAnnotation",
+            Self::TLSSecretNotFound => "TLSSecretNotFound",
+            Self::InvalidTLSSecret => "InvalidTLSSecret",
+            Self::TLSHostConflict => "TLSHostConflict",
         }
     }
 }

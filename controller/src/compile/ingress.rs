@@ -5,6 +5,7 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use switchyard_dataplane::proxy::parse_size;
 use switchyard_dataplane::router::{RouteError, Router};
+use switchyard_dataplane::tls::TlsCerts;
 use switchyard_dataplane::{PathKind, Route};
 
 use super::backend::Backends;
@@ -22,6 +23,7 @@ pub const NGINX_BODY_SIZE_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-
 pub(super) fn add_ingress(
     key: &ObjectKey,
     ing: &Ingress,
+    tls: &TlsCerts,
     router: &mut Router,
     backends: &mut Backends<'_>,
     diagnostics: &mut Vec<Diagnostic>,
@@ -29,18 +31,12 @@ pub(super) fn add_ingress(
     let Some(spec) = &ing.spec else { return };
     let source: Arc<str> = key.to_string().into();
     let max_body_size = body_size(key, ing, diagnostics);
+    let ssl_redirect = ssl_redirect(key, ing, diagnostics);
 
     if let Some(default) = &spec.default_backend
         && let Some(backend) = resolve(key, default, backends, diagnostics)
     {
-        let route = Route {
-            host: "*".into(),
-            path: "".into(),
-            kind: PathKind::Prefix,
-            backend,
-            source: source.clone(),
-            max_body_size,
-        };
+        let route = Route { max_body_size, ..Route::new("*", "", PathKind::Prefix, backend, source.clone()) };
         if let Err(existing) = router.set_default_backend(route) {
             diagnostics.push(Diagnostic::new(
                 KIND,
@@ -64,8 +60,13 @@ pub(super) fn add_ingress(
             let Some(backend) = resolve(key, &p.backend, backends, diagnostics) else {
                 continue;
             };
-            let route =
-                Route { host: "".into(), path: path.into(), kind, backend, source: source.clone(), max_body_size };
+            let has_tls = host.is_some_and(|h| tls.covers(h));
+            let route = Route {
+                max_body_size,
+                https_redirect: has_tls && ssl_redirect,
+                hsts: has_tls,
+                ..Route::new("", path, kind, backend, source.clone())
+            };
             if let Err(err) = router.add_route(host, route) {
                 let reason = match err {
                     RouteError::InvalidHost { .. } => Reason::InvalidHost,
@@ -74,6 +75,35 @@ pub(super) fn add_ingress(
                 };
                 diagnostics.push(Diagnostic::new(KIND, key, reason, format!("rule ignored: {err}")));
             }
+        }
+    }
+}
+
+/// Plain HTTP to a host with TLS is redirected to HTTPS unless the Ingress
+/// says `"false"`.
+pub const SSL_REDIRECT_ANNOTATION: &str = "switchyard.dev/ssl-redirect";
+/// The ingress-nginx spelling; ours wins when both are set.
+pub const NGINX_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
+
+fn ssl_redirect(key: &ObjectKey, ing: &Ingress, diagnostics: &mut Vec<Diagnostic>) -> bool {
+    let Some(annotations) = ing.metadata.annotations.as_ref() else { return true };
+    let Some((name, value)) = [SSL_REDIRECT_ANNOTATION, NGINX_SSL_REDIRECT_ANNOTATION]
+        .into_iter()
+        .find_map(|name| annotations.get(name).map(|value| (name, value)))
+    else {
+        return true;
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => true,
+        "false" => false,
+        _ => {
+            diagnostics.push(Diagnostic::new(
+                KIND,
+                key,
+                Reason::InvalidAnnotation,
+                format!("{name}: {value:?} is not \"true\" or \"false\"; redirecting (the default)"),
+            ));
+            true
         }
     }
 }

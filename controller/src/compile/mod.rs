@@ -10,6 +10,7 @@ mod class;
 mod diagnostics;
 mod ingress;
 mod policy;
+mod tls;
 
 use std::collections::HashMap;
 
@@ -40,8 +41,9 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
 
     let mut ours: Vec<_> = world.ingresses.iter().filter(|(_, ing)| classes.is_ours(ing, world)).collect();
     ours.sort_by_key(|(key, ing)| precedence(&ing.metadata, key));
+    let tls = tls::build(world, &ours, classes.default_certificate.as_ref(), &mut diagnostics);
     for (key, ing) in &ours {
-        ingress::add_ingress(key, ing, &mut router, &mut backends, &mut diagnostics);
+        ingress::add_ingress(key, ing, &tls, &mut router, &mut backends, &mut diagnostics);
     }
     router.finish();
     policy::check_policies(world, &mut diagnostics);
@@ -51,7 +53,7 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
     let mut served_ingresses: Vec<ObjectKey> = ours.into_iter().map(|(k, _)| k.clone()).collect();
     served_ingresses.sort();
     Compiled {
-        snapshot: Snapshot { generation: 0, router, backends: backends.into_vec() },
+        snapshot: Snapshot { generation: 0, router, backends: backends.into_vec(), tls },
         diagnostics,
         served_ingresses,
     }

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::cli::{ClassArgs, DataplaneArgs, DemoArgs, StandaloneArgs};
+use clap::Parser as _;
+
+use crate::cli::DemoArgs;
 
 /// Ingresses, Services and the IngressClass of the demo.
 const DEMO_MANIFESTS: &str = include_str!("../../../deploy/examples/demo/demo.yaml");
@@ -46,32 +48,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          Ctrl-C to stop.\n",
         dir = dir.path().display(),
     );
-    let standalone = StandaloneArgs {
-        manifests: dir.path().to_path_buf(),
-        dataplane: DataplaneArgs {
-            http_addr: http,
-            admin_addr: admin,
-            workers: None,
-            connect_timeout: std::time::Duration::from_secs(5),
-            upstream_timeout: std::time::Duration::from_secs(60),
-            header_read_timeout: std::time::Duration::from_secs(30),
-            idle_timeout: std::time::Duration::from_secs(60),
-            max_connections: 16384,
-            max_request_line: 8192,
-            max_header_bytes: 32768,
-            max_headers: 100,
-            max_body_size: switchyard_dataplane::proxy::DEFAULT_MAX_BODY_SIZE,
-            shutdown_delay: std::time::Duration::ZERO,
-            trusted_proxies: Vec::new(),
-            drain_timeout: std::time::Duration::from_secs(5),
-        },
-        classes: ClassArgs {
-            ingress_class: "switchyard".into(),
-            controller_name: "switchyard.dev/ingress-controller".into(),
-            watch_ingress_without_class: false,
-        },
-    };
-    crate::standalone::run(standalone).await
+    // The standalone mode with its documented defaults: parsed like a
+    // command line, so that every new flag's default applies here too.
+    let (manifests, http, admin) = (dir.path().display().to_string(), http.to_string(), admin.to_string());
+    let argv = ["switchyard", "standalone", "--manifests", &manifests, "--http-addr", &http, "--admin-addr", &admin];
+    let cli = crate::cli::Cli::try_parse_from(argv.into_iter().chain(["--drain-timeout", "5s"]))?;
+    let crate::cli::Command::Standalone(standalone) = cli.command else { unreachable!("parsed a standalone command") };
+    crate::standalone::run(*standalone).await
 }
 
 /// EndpointSlice manifests for `service` in `namespace` (port name `http`),

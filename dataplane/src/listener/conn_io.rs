@@ -23,8 +23,8 @@ pub struct ConnTimeouts {
     pub idle: Duration,
 }
 
-pub struct AuditedIo {
-    stream: TcpStream,
+pub struct AuditedIo<S = TcpStream> {
+    stream: S,
     audit: Audit,
     state: Arc<ConnState>,
     timeouts: ConnTimeouts,
@@ -37,8 +37,8 @@ pub struct AuditedIo {
     failed: Option<&'static str>,
 }
 
-impl AuditedIo {
-    pub fn new(stream: TcpStream, audit: Audit, state: Arc<ConnState>, timeouts: ConnTimeouts) -> Self {
+impl<S> AuditedIo<S> {
+    pub fn new(stream: S, audit: Audit, state: Arc<ConnState>, timeouts: ConnTimeouts) -> Self {
         let now = Instant::now();
         let timer = Box::pin(tokio::time::sleep_until(now + timeouts.idle));
         Self { stream, audit, state, timeouts, head_started: None, last_activity: now, timer, failed: None }
@@ -61,7 +61,7 @@ impl AuditedIo {
     }
 }
 
-impl AsyncRead for AuditedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(reason) = this.failed {
@@ -113,7 +113,7 @@ impl AsyncRead for AuditedIo {
     }
 }
 
-impl AsyncWrite for AuditedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuditedIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.stream).poll_write(cx, buf));

@@ -1,6 +1,7 @@
 //! The upstream response body, carrying the endpoint's in-flight guard so
 //! that a streamed response (SSE, downloads) counts as in flight until its
-//! last byte, not until its headers.
+//! last byte, not until its headers. It also carries the request's
+//! access-log entry, which counts the bytes and is sent at the end.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,17 +10,24 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::access_log;
 use crate::balance::InFlightGuard;
 
 #[derive(Debug)]
 pub struct GuardedBody {
     inner: Incoming,
     _guard: Option<InFlightGuard>,
+    access_log: access_log::Entry,
 }
 
 impl GuardedBody {
     pub(super) fn new(inner: Incoming, guard: Option<InFlightGuard>) -> Self {
-        Self { inner, _guard: guard }
+        Self { inner, _guard: guard, access_log: access_log::Entry::default() }
+    }
+
+    /// The access-log line is sent when this body ends or is dropped.
+    pub(super) fn log_on_end(&mut self, entry: access_log::Entry) {
+        self.access_log = entry;
     }
 }
 
@@ -28,7 +36,10 @@ impl Body for GuardedBody {
     type Error = hyper::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        this.access_log.frame(&frame);
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

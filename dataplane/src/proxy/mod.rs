@@ -4,6 +4,7 @@
 //! (WebSocket) is tunnelled, and upstream connections are pooled and shared
 //! by every worker thread.
 
+mod access_log;
 mod affinity;
 mod body;
 mod checks;
@@ -32,10 +33,12 @@ use crate::balance::InFlightGuard;
 use crate::metrics::Metrics;
 use crate::snapshot::{Backend, Endpoint, SnapshotHandle};
 
+pub use access_log::{AccessLog, AccessLogTarget};
 pub use body::{ClientBody, GuardedBody};
 pub use checks::parse_size;
 pub use conn_state::{ConnState, Rejection, RequestGuard};
 pub use local::local_response;
+pub use upgrade::{GOING_AWAY_GRACE, Tunnels};
 
 use body::BodyFailure;
 
@@ -59,7 +62,15 @@ pub struct ProxyConfig {
     /// Request body size limit of routes that set none (413 beyond it;
     /// `u64::MAX`: no limit).
     pub max_body_size: u64,
+    /// `Strict-Transport-Security` for HTTPS responses of hosts with TLS
+    /// (`None`: not sent).
+    pub hsts: Option<http::HeaderValue>,
+    /// The access log (`None`: off, and free).
+    pub access_log: Option<AccessLog>,
 }
+
+/// The HSTS header value sent by default: one year, subdomains included.
+pub const DEFAULT_HSTS: &str = "max-age=31536000; includeSubDomains";
 
 /// nginx's `client_max_body_size` default: 1 MiB.
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 1024 * 1024;
@@ -72,6 +83,8 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(90),
             trusted_proxies: Vec::new(),
             max_body_size: DEFAULT_MAX_BODY_SIZE,
+            hsts: Some(http::HeaderValue::from_static(DEFAULT_HSTS)),
+            access_log: None,
         }
     }
 }
@@ -104,6 +117,8 @@ pub struct Proxy {
     /// connector's timeout is per client), created on first use.
     clients_by_connect_timeout: std::sync::RwLock<std::collections::HashMap<Duration, UpstreamClient>>,
     config: ProxyConfig,
+    /// Open WebSocket tunnels (shutdown waits for them, then closes them).
+    tunnels: Tunnels,
 }
 
 /// Why forwarding failed; mapped to a status by [`ForwardError::status`].
@@ -126,12 +141,33 @@ impl ForwardError {
             Self::Connect | Self::Upstream | Self::UnrequestedUpgrade => StatusCode::BAD_GATEWAY,
         }
     }
+
+    /// The `kind` label of `switchyard_upstream_errors_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout(_) => "timeout",
+            Self::Upstream => "reset",
+            Self::UnrequestedUpgrade => "protocol",
+        }
+    }
 }
 
 impl Proxy {
     pub fn new(snapshots: Arc<SnapshotHandle>, metrics: Arc<Metrics>, config: ProxyConfig) -> Self {
         let client = upstream_client(config.connect_timeout, config.pool_idle_timeout);
-        Self { snapshots, metrics, client, clients_by_connect_timeout: Default::default(), config }
+        let tunnels = Tunnels::default();
+        Self { snapshots, metrics, client, clients_by_connect_timeout: Default::default(), config, tunnels }
+    }
+
+    /// The proxy's open WebSocket tunnels.
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
+    }
+
+    /// The metrics the proxy counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The pooled client for a connect timeout (the shared one by default).
@@ -157,6 +193,27 @@ impl Proxy {
         state: &ConnState,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
+        let mut entry = self.access_log_entry(&req, conn, start);
+        let response = self.route_and_forward(req, conn, state, start, &mut entry).await?;
+        Ok(entry.attach(response))
+    }
+
+    /// The request's access-log entry: inert when the log is off or the
+    /// request is not sampled.
+    fn access_log_entry(&self, req: &Request<Incoming>, conn: ConnInfo, start: Instant) -> access_log::Entry {
+        let Some(log) = &self.config.access_log else { return access_log::Entry::default() };
+        let trusted = &self.config.trusted_proxies;
+        log.begin(req, request_host(req), || client_ip::client_ip(req.headers(), conn.peer.ip(), trusted), start)
+    }
+
+    async fn route_and_forward(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        state: &ConnState,
+        start: Instant,
+        entry: &mut access_log::Entry,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         if let Some(rejection) = state.rejection().or_else(|| checks::request_problem(&req)) {
             self.metrics.requests.with_label_values(&["", "", rejection.status.as_str()]).inc();
             return Ok(refuse(rejection));
@@ -168,12 +225,17 @@ impl Proxy {
             return Ok(local_response(StatusCode::NOT_FOUND, "no route for this host and path"));
         };
         let backend = &snapshot.backends[route.backend];
+        entry.route(&route.source, &backend.service);
+        if route.https_redirect && !conn.tls {
+            self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "308"]).inc();
+            return Ok(local::https_redirect(request_host(&req), req.uri()));
+        }
         let body_limit = route.max_body_size.unwrap_or(self.config.max_body_size);
         if checks::content_length(&req).is_some_and(|len| len > body_limit) {
             self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "413"]).inc();
             return Ok(refuse(checks::TOO_LARGE));
         }
-        let response = match &backend.unavailable {
+        let mut response = match &backend.unavailable {
             Some(reason) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
             None => {
                 let trusted = &self.config.trusted_proxies;
@@ -182,9 +244,15 @@ impl Proxy {
                     ip: client_ip::client_ip(req.headers(), conn.peer.ip(), trusted),
                     via_trusted_proxy: client_ip::is_trusted(conn.peer.ip(), trusted),
                 };
-                self.balance_and_forward(req, backend, client, body_limit, start).await
+                self.balance_and_forward(req, backend, client, body_limit, start, entry).await
             }
         };
+        if conn.tls
+            && route.hsts
+            && let Some(hsts) = &self.config.hsts
+        {
+            response.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
+        }
         self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, response.status().as_str()]).inc();
         self.metrics.request_duration.with_label_values(&[&*backend.service]).observe(start.elapsed().as_secs_f64());
         Ok(response)
@@ -202,6 +270,7 @@ impl Proxy {
         client: ClientInfo,
         body_limit: u64,
         start: Instant,
+        entry: &mut access_log::Entry,
     ) -> Response<ProxyBody> {
         let key = hash_key::request_hash(&req, client.ip, &backend.balance);
         let affinity = backend.balance.affinity.as_ref();
@@ -253,6 +322,7 @@ impl Proxy {
             result = self.forward_to(req, backend, chosen, client).await;
         }
         let endpoint = &backend.endpoints[chosen];
+        entry.upstream(endpoint.addr, tried.len() + 1);
         let failed = match &result {
             Err(ForwardError::Connect | ForwardError::Upstream) => true,
             Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
@@ -277,6 +347,7 @@ impl Proxy {
             .inc();
         if let Some(cookie) = affinity {
             let outcome = affinity::outcome(presented, endpoint.affinity_digest);
+            entry.affinity(outcome.as_str());
             self.metrics.affinity.with_label_values(&[outcome.as_str()]).inc();
             if outcome != affinity::Outcome::Hit {
                 affinity::set_cookie(response.headers_mut(), cookie, endpoint.affinity_digest, client.conn.tls);
@@ -305,7 +376,11 @@ impl Proxy {
         let guard = backend.load(i).map(|l| l.start());
         let timeout = backend.balance.request_timeout.unwrap_or(self.config.upstream_timeout);
         let upstream = self.client_for(backend.balance.connect_timeout);
-        self.forward(&upstream, req, &backend.endpoints[i], client, guard, timeout).await
+        let result = self.forward(&upstream, req, &backend.endpoints[i], client, guard, timeout).await;
+        if let Err(err) = &result {
+            self.metrics.upstream_errors.with_label_values(&[err.kind()]).inc();
+        }
+        result
     }
 
     async fn forward(
@@ -348,7 +423,7 @@ impl Proxy {
                 return Err(ForwardError::UnrequestedUpgrade);
             }
             // The tunnel holds the guard: a WebSocket counts while open.
-            upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp), endpoint.addr, guard);
+            upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp), endpoint.addr, guard, &self.tunnels);
             return Ok(resp.map(|b| GuardedBody::new(b, None)));
         }
         headers::strip_hop_by_hop(resp.headers_mut());

@@ -5,14 +5,7 @@
 use super::*;
 
 fn mk_route(path: &str, kind: PathKind, backend: usize) -> Route {
-    Route {
-        host: "".into(),
-        path: path.into(),
-        kind,
-        backend,
-        source: format!("default/ing-{backend}").into(),
-        max_body_size: None,
-    }
+    Route::new("", path, kind, backend, format!("default/ing-{backend}").into())
 }
 
 /// Builds a router with one host-less rule per `(kind, path)`; backend

@@ -1,0 +1,384 @@
+//! TLS termination: the certificate table a snapshot carries, the SNI
+//! resolver the HTTPS listener gives rustls, PEM parsing of `kubernetes.io/tls`
+//! Secret data, and the self-signed fallback certificate.
+//!
+//! Certificates are picked per handshake from the snapshot in force, so a
+//! rotated Secret is served to the next handshake while open connections
+//! keep the session they negotiated.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SupportedProtocolVersion};
+use serde::Serialize;
+
+use crate::snapshot::SnapshotHandle;
+
+/// The crypto provider every TLS object of the dataplane uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Why Secret data cannot be served.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CertError {
+    #[error("tls.crt holds no PEM certificate")]
+    NoCertificate,
+    #[error("tls.crt: {0}")]
+    BadCertificate(String),
+    #[error("tls.key holds no PEM private key")]
+    NoKey,
+    #[error("tls.key: unsupported or malformed private key: {0}")]
+    BadKey(String),
+    #[error("tls.key does not match the certificate in tls.crt")]
+    KeyMismatch,
+}
+
+/// A certificate chain and key, checked and ready to serve.
+#[derive(Clone)]
+pub struct ParsedCert {
+    pub key: Arc<CertifiedKey>,
+    /// `notAfter` of the leaf, Unix seconds.
+    pub not_after: i64,
+    /// DNS names of the leaf (subjectAltName, else the common name).
+    pub names: Vec<String>,
+}
+
+impl fmt::Debug for ParsedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedCert").field("not_after", &self.not_after).field("names", &self.names).finish()
+    }
+}
+
+/// Parses the `tls.crt` / `tls.key` pair of a Secret: a PEM chain (leaf
+/// first) and a PKCS#8, PKCS#1 or SEC1 key that must match the leaf.
+pub fn parse_pem_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<ParsedCert, CertError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    let leaf = chain.first().ok_or(CertError::NoCertificate)?;
+    let (not_after, names) = leaf_facts(leaf)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => CertError::NoKey,
+        e => CertError::BadKey(e.to_string()),
+    })?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => CertError::KeyMismatch,
+        e => CertError::BadKey(e.to_string()),
+    })?;
+    Ok(ParsedCert { key: Arc::new(certified), not_after, names })
+}
+
+fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(i64, Vec<String>), CertError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    let not_after = cert.validity().not_after.timestamp();
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_string));
+    }
+    Ok((not_after, names))
+}
+
+/// A self-signed certificate for `name`, made at start when no default
+/// certificate is configured (clients see an untrusted certificate instead
+/// of a failed handshake, as with ingress-nginx's "fake" certificate).
+pub fn self_signed(name: &str) -> Arc<CertifiedKey> {
+    let generated = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("rcgen makes a certificate");
+    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).expect("rcgen makes a PKCS#8 key");
+    let certified = CertifiedKey::from_der(vec![generated.cert.der().clone()], key, &provider())
+        .expect("a generated key matches its certificate");
+    Arc::new(certified)
+}
+
+/// One Secret's certificate as served by a snapshot.
+#[derive(Serialize)]
+pub struct ServedCert {
+    /// `namespace/name` of the Secret.
+    pub secret: Arc<str>,
+    /// The hosts it is served for (`*.example.com` for a wildcard entry).
+    pub hosts: Vec<Arc<str>>,
+    /// `notAfter` of the leaf, Unix seconds.
+    pub not_after: i64,
+    /// Never serialized: `/debug/snapshot` shows no key material.
+    #[serde(skip)]
+    pub key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for ServedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServedCert")
+            .field("secret", &self.secret)
+            .field("hosts", &self.hosts)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Host name → certificate, for one snapshot.
+#[derive(Debug, Default, Serialize)]
+pub struct TlsCerts {
+    certs: Vec<ServedCert>,
+    #[serde(skip)]
+    exact: HashMap<Box<str>, usize>,
+    /// Keyed by the suffix after `*.`.
+    #[serde(skip)]
+    wildcard: HashMap<Box<str>, usize>,
+    /// `--default-ssl-certificate`, when configured and valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_secret: Option<Arc<str>>,
+    #[serde(skip)]
+    default: Option<usize>,
+}
+
+/// What a handshake's SNI selected, for logs and metrics (bounded
+/// cardinality: a configured host, never the raw SNI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selected<'a> {
+    Host(&'a str),
+    Default,
+}
+
+impl Selected<'_> {
+    pub fn label(&self) -> &str {
+        match self {
+            Selected::Host(h) => h,
+            Selected::Default => "default",
+        }
+    }
+}
+
+impl TlsCerts {
+    /// Adds (or finds) the certificate of `secret`; returns its index.
+    pub fn insert(&mut self, secret: &str, cert: &ParsedCert) -> usize {
+        if let Some(i) = self.certs.iter().position(|c| &*c.secret == secret) {
+            return i;
+        }
+        self.certs.push(ServedCert {
+            secret: secret.into(),
+            hosts: Vec::new(),
+            not_after: cert.not_after,
+            key: cert.key.clone(),
+        });
+        self.certs.len() - 1
+    }
+
+    /// Serves certificate `index` for `host` (`*.` wildcard allowed, ASCII
+    /// case-insensitive). A host already bound keeps its certificate: the
+    /// Secret holding it is returned.
+    pub fn bind(&mut self, host: &str, index: usize) -> Result<(), Arc<str>> {
+        let lower = host.to_ascii_lowercase();
+        let lower = lower.trim_end_matches('.');
+        let (map, key) = match lower.strip_prefix("*.") {
+            Some(suffix) => (&mut self.wildcard, suffix),
+            None => (&mut self.exact, lower),
+        };
+        match map.entry(key.into()) {
+            Entry::Occupied(e) if *e.get() == index => Ok(()),
+            Entry::Occupied(e) => Err(self.certs[*e.get()].secret.clone()),
+            Entry::Vacant(e) => {
+                e.insert(index);
+                self.certs[index].hosts.push(lower.into());
+                Ok(())
+            }
+        }
+    }
+
+    /// Uses certificate `index` for unknown or missing SNI.
+    pub fn set_default(&mut self, index: usize) {
+        self.default_secret = Some(self.certs[index].secret.clone());
+        self.default = Some(index);
+    }
+
+    /// The certificate for a ClientHello's SNI: an exact host, else a
+    /// wildcard covering exactly one label, else the default (if any).
+    pub fn lookup(&self, sni: Option<&str>) -> Option<(&Arc<CertifiedKey>, Selected<'_>)> {
+        if let Some(i) = sni.and_then(|s| self.host_index(s)) {
+            let cert = &self.certs[i];
+            // The bound host this SNI matched: exact entry, else wildcard.
+            let host = sni.and_then(|s| self.matched_host(s, i)).unwrap_or("default");
+            return Some((&cert.key, Selected::Host(host)));
+        }
+        self.default.map(|i| (&self.certs[i].key, Selected::Default))
+    }
+
+    fn host_index(&self, sni: &str) -> Option<usize> {
+        let sni = sni.trim_end_matches('.');
+        if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.host_index(&sni.to_ascii_lowercase());
+        }
+        if let Some(&i) = self.exact.get(sni) {
+            return Some(i);
+        }
+        let (label, suffix) = sni.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
+        self.wildcard.get(suffix).copied()
+    }
+
+    fn matched_host(&self, sni: &str, index: usize) -> Option<&str> {
+        let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+        let hosts = &self.certs[index].hosts;
+        hosts
+            .iter()
+            .find(|h| ***h == *sni)
+            .or_else(|| {
+                let suffix = sni.split_once('.')?.1;
+                hosts.iter().find(|h| h.strip_prefix("*.") == Some(suffix))
+            })
+            .map(|h| &**h)
+    }
+
+    /// True when requests for `host` (a rule's host: exact or `*.` wildcard)
+    /// are served over TLS with a configured certificate.
+    pub fn covers(&self, host: &str) -> bool {
+        match host.strip_prefix("*.") {
+            Some(suffix) => self.wildcard.contains_key(suffix.to_ascii_lowercase().as_str()),
+            None => self.host_index(host).is_some(),
+        }
+    }
+
+    /// The served certificates (for metrics: expiry per Secret).
+    pub fn certs(&self) -> &[ServedCert] {
+        &self.certs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+}
+
+/// Picks each handshake's certificate from the snapshot in force.
+pub struct SniResolver {
+    snapshots: Arc<SnapshotHandle>,
+    fallback: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    pub fn new(snapshots: Arc<SnapshotHandle>, fallback: Arc<CertifiedKey>) -> Self {
+        Self { snapshots, fallback }
+    }
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let snapshot = self.snapshots.load();
+        Some(snapshot.tls.lookup(hello.server_name()).map_or_else(|| self.fallback.clone(), |(key, _)| key.clone()))
+    }
+}
+
+/// The lowest TLS version the HTTPS listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MinVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+impl std::str::FromStr for MinVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "1.2" | "TLSv1.2" => Ok(Self::Tls12),
+            "1.3" | "TLSv1.3" => Ok(Self::Tls13),
+            _ => Err(format!("unsupported TLS version {s:?}: expected 1.2 or 1.3")),
+        }
+    }
+}
+
+/// The HTTPS listener's rustls configuration: certificates from `resolver`,
+/// TLS `min`..1.3, ALPN `h2` then `http/1.1`.
+pub fn server_config(resolver: Arc<SniResolver>, min: MinVersion) -> Arc<ServerConfig> {
+    static BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+    static TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let versions = match min {
+        MinVersion::Tls12 => BOTH,
+        MinVersion::Tls13 => TLS13,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem_pair(names: &[&str]) -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn parses_a_matching_pair_and_refuses_broken_ones() {
+        let (cert, key) = pem_pair(&["a.example", "*.b.example"]);
+        let parsed = parse_pem_pair(cert.as_bytes(), key.as_bytes()).unwrap();
+        assert_eq!(parsed.names, ["a.example", "*.b.example"]);
+        assert!(parsed.not_after > 1_700_000_000);
+
+        let (_, other_key) = pem_pair(&["x.example"]);
+        assert_eq!(parse_pem_pair(cert.as_bytes(), other_key.as_bytes()).unwrap_err(), CertError::KeyMismatch);
+        assert_eq!(parse_pem_pair(b"", key.as_bytes()).unwrap_err(), CertError::NoCertificate);
+        assert_eq!(parse_pem_pair(cert.as_bytes(), b"not a key").unwrap_err(), CertError::NoKey);
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(matches!(parse_pem_pair(garbage.as_bytes(), key.as_bytes()), Err(CertError::BadCertificate(_))));
+    }
+
+    #[test]
+    fn lookup_prefers_exact_then_one_label_wildcard_then_default() {
+        let (c1, k1) = pem_pair(&["a.example"]);
+        let (c2, k2) = pem_pair(&["*.example"]);
+        let (c3, k3) = pem_pair(&["fallback"]);
+        let mut t = TlsCerts::default();
+        let a = t.insert("ns/a", &parse_pem_pair(c1.as_bytes(), k1.as_bytes()).unwrap());
+        let w = t.insert("ns/w", &parse_pem_pair(c2.as_bytes(), k2.as_bytes()).unwrap());
+        let d = t.insert("ns/d", &parse_pem_pair(c3.as_bytes(), k3.as_bytes()).unwrap());
+        t.bind("A.Example", a).unwrap();
+        t.bind("*.example", w).unwrap();
+        assert_eq!(t.bind("a.example", w).unwrap_err().as_ref(), "ns/a", "the first binding stays");
+        fn selected(t: &TlsCerts, sni: Option<&str>) -> Option<String> {
+            t.lookup(sni).map(|(_, s)| s.label().to_string())
+        }
+        assert_eq!(selected(&t, Some("a.example")), Some("a.example".into()));
+        assert_eq!(selected(&t, Some("A.EXAMPLE.")), Some("a.example".into()));
+        assert_eq!(selected(&t, Some("b.example")), Some("*.example".into()));
+        assert_eq!(selected(&t, Some("c.b.example")), None, "a wildcard covers one label");
+        t.set_default(d);
+        assert_eq!(selected(&t, Some("c.b.example")), Some("default".into()));
+        assert_eq!(selected(&t, None), Some("default".into()));
+        assert!(t.covers("a.example") && t.covers("x.example") && t.covers("*.example"));
+        assert!(!t.covers("example") && !t.covers("*.other"));
+        // No key material in the debug view.
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains("ns/a") && !json.contains("PRIVATE") && !json.contains("key"), "{json}");
+    }
+}
