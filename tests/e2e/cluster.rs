@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -404,4 +404,63 @@ async fn not_ready_and_terminating_endpoints_stop_new_traffic_but_keep_sticky_se
     c.apply::<EndpointSlice>(Some(&ns), s).await;
     wait_for("session re-pinned after removal", WAIT, || async { (with_cookie().await == *remaining).then_some(()) })
         .await;
+}
+
+/// A `kubernetes.io/tls` Secret object.
+fn tls_secret_json(ns: &str, name: &str, cert_pem: &str, key_pem: &str) -> serde_json::Value {
+    let b64 = |s: &str| serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).unwrap();
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+           "metadata": {"name": name, "namespace": ns}, "data": {"tls.crt": b64(cert_pem), "tls.key": b64(key_pem)}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_secrets_from_the_api_serve_rotate_and_a_broken_one_gets_an_event() {
+    use k8s_openapi::api::core::v1::Secret;
+    use support::tls::{Ca, served_cert};
+    let c = cluster().await;
+    let (ns, _net) = one_backend(&c, "tls").await;
+    let https = free_addr();
+    let https_flag = https.to_string();
+    let ctl = Switchyard::start_run(
+        &c.kubeconfig,
+        &[&run_args(&ns, "15s")[..], &["--https-addr", &https_flag]].concat(),
+        true,
+    )
+    .await;
+    let ca = Ca::new();
+    let (a, a2, stranger) = (ca.leaf(&["a.test"]), ca.leaf(&["a.test"]), ca.leaf(&["b.test"]));
+    c.apply::<Secret>(Some(&ns), tls_secret_json(&ns, "a-tls", &a.cert_pem, &a.key_pem)).await;
+    // b-tls's key belongs to another certificate.
+    c.apply::<Secret>(Some(&ns), tls_secret_json(&ns, "b-tls", &stranger.cert_pem, &a.key_pem)).await;
+    for (name, host, secret) in [("a", "a.test", "a-tls"), ("b", "b.test", "b-tls")] {
+        let mut ing = ingress(&ns, name, Some("switchyard"), host, "web");
+        ing["spec"]["tls"] = json!([{"hosts": [host], "secretName": secret}]);
+        c.apply::<Ingress>(Some(&ns), ing).await;
+    }
+    wait_for("a.test's certificate", WAIT, || async {
+        (served_cert(https, Some("a.test")).await == a.der).then_some(())
+    })
+    .await;
+    let default = served_cert(https, Some("b.test")).await;
+    assert_ne!(default, stranger.der, "the broken Secret is not served");
+    let event = wait_for("Event for the broken TLS Secret", WAIT, || async {
+        let list = Api::<Event>::namespaced(c.client.clone(), &ns).list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("b"))
+    })
+    .await;
+    assert_eq!(event.reason.as_deref(), Some("InvalidTLSSecret"));
+    assert!(event.note.as_deref().unwrap_or("").contains("does not match"), "{event:?}");
+    // Plain HTTP to a.test is redirected; b.test (no usable certificate) is served.
+    let r = get(ctl.http, "a.test", "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(get(ctl.http, "b.test", "/").await.unwrap().status, StatusCode::OK);
+
+    // Rotation through the API: the next handshake gets the new certificate.
+    let changed = Instant::now();
+    c.apply::<Secret>(Some(&ns), tls_secret_json(&ns, "a-tls", &a2.cert_pem, &a2.key_pem)).await;
+    wait_for("rotated certificate", WAIT, || async {
+        (served_cert(https, Some("a.test")).await == a2.der).then_some(())
+    })
+    .await;
+    eprintln!("rotated Secret served {:?} after the API write", changed.elapsed());
 }
