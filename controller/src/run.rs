@@ -34,7 +34,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = dataplane.metrics.clone();
     let mut tasks = JoinSet::new();
 
-    let (stores, mut changes) = Stores::start(&client, args.watch_namespace.as_deref(), &mut tasks);
+    let default_certificate = args.classes.default_ssl_certificate.clone();
+    let (stores, mut changes) =
+        Stores::start(&client, args.watch_namespace.as_deref(), default_certificate, &mut tasks);
 
     let (leading_tx, leading_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -69,7 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         while changes.try_recv().is_ok() {}
         let mut received = None;
         loop {
-            let compiled = publisher.apply(&stores.world(), |_, _| None);
+            let compiled = publisher.apply(&stores.world().await, |_, _| None);
             if let Some(at) = received {
                 metrics.config_propagation.observe(Instant::elapsed(&at).as_secs_f64());
             }

@@ -24,7 +24,7 @@ use switchyard_crds::BalancerPolicy;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
-use crate::world::{Object, World};
+use crate::world::{Object, ObjectKey, World};
 
 /// Field selector of the only Secrets we cache: TLS Secrets.
 pub const TLS_SECRET_SELECTOR: &str = "type=kubernetes.io/tls";
@@ -38,6 +38,8 @@ pub struct Stores {
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
     pub policies: Store<BalancerPolicy>,
+    /// The Secrets whose data the cache keeps (see [`ReferencedSecrets`]).
+    referenced: ReferencedSecrets,
     /// Notified when the BalancerPolicy list answers 404 (CRD not installed):
     /// the first sync does not wait for a kind that may never exist.
     policies_failed: Arc<Notify>,
@@ -52,21 +54,25 @@ impl Stores {
     pub fn start(
         client: &Client,
         namespace: Option<&str>,
+        default_certificate: Option<ObjectKey>,
         tasks: &mut JoinSet<()>,
     ) -> (Self, mpsc::UnboundedReceiver<Changed>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let policies_failed = Arc::new(Notify::new());
+        let referenced = ReferencedSecrets::new(client.clone(), default_certificate);
+        let keep = referenced.clone();
         let stores = Self {
             ingresses: reflect(tasks, scoped(client, namespace), watcher::Config::default(), &tx, None),
             ingress_classes: reflect(tasks, Api::all(client.clone()), watcher::Config::default(), &tx, None),
             services: reflect(tasks, scoped(client, namespace), watcher::Config::default(), &tx, None),
             endpoint_slices: reflect(tasks, scoped(client, namespace), watcher::Config::default(), &tx, None),
-            secrets: reflect(
+            secrets: reflect_with(
                 tasks,
                 scoped(client, namespace),
                 watcher::Config::default().fields(TLS_SECRET_SELECTOR),
                 &tx,
                 None,
+                move |secret: &mut Secret| keep.strip_unreferenced(secret),
             ),
             policies: reflect(
                 tasks,
@@ -76,6 +82,7 @@ impl Stores {
                 Some(policies_failed.clone()),
             ),
             policies_failed,
+            referenced,
         };
         (stores, rx)
     }
@@ -98,8 +105,12 @@ impl Stores {
         }
     }
 
-    /// The world as the stores hold it now.
-    pub fn world(&self) -> World {
+    /// The world as the stores hold it now, with the data of every Secret
+    /// an Ingress references (fetched once when the cache stripped it).
+    pub async fn world(&self) -> World {
+        let ingresses = self.ingresses.state();
+        let cached = self.secrets.state();
+        let secrets = self.referenced.resolve(&ingresses, &cached).await;
         let mut world = World::default();
         let objects = self
             .ingresses
@@ -109,7 +120,7 @@ impl Stores {
             .chain(self.ingress_classes.state().into_iter().map(|o| Object::IngressClass(Box::new((*o).clone()))))
             .chain(self.services.state().into_iter().map(|o| Object::Service(Box::new((*o).clone()))))
             .chain(self.endpoint_slices.state().into_iter().map(|o| Object::EndpointSlice(Box::new((*o).clone()))))
-            .chain(self.secrets.state().into_iter().map(|o| Object::Secret(Box::new((*o).clone()))))
+            .chain(secrets.into_iter().map(|o| Object::Secret(Box::new(o))))
             .chain(self.policies.state().into_iter().map(|o| Object::BalancerPolicy(Box::new((*o).clone()))));
         for object in objects {
             world.insert(object);
@@ -143,13 +154,30 @@ where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
+    reflect_with(tasks, api, config, changes, on_error, |_: &mut K| {})
+}
+
+/// [`reflect`], with `modify` applied to each object before it is cached.
+fn reflect_with<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    changes: &mpsc::UnboundedSender<Changed>,
+    on_error: Option<Arc<Notify>>,
+    modify: impl Fn(&mut K) + Send + Sync + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
     let (reader, writer) = reflector::store();
     let changes = changes.clone();
     let stream = watcher(api, config)
         .backoff(WatchBackoff::default())
-        .modify(|o: &mut K| {
+        .modify(move |o: &mut K| {
             // managedFields are large and never read: do not cache them.
             o.managed_fields_mut().clear();
+            modify(o);
         })
         .reflect(writer);
     tasks.spawn(async move {
@@ -229,4 +257,113 @@ pub async fn next_burst(rx: &mut mpsc::UnboundedReceiver<Changed>, window: Durat
         earliest = earliest.min(t);
     }
     Some(earliest)
+}
+
+/// Which TLS Secrets' data the cache holds: those the Ingresses in the
+/// cache name in `spec.tls` (any class), and `--default-ssl-certificate`.
+///
+/// The Secret watch is field-selected to `type=kubernetes.io/tls`; the data
+/// of every other Secret it sees is dropped before caching. A Secret that
+/// becomes referenced after its data was dropped is read once with a GET;
+/// its next change arrives through the watch with its data.
+#[derive(Clone)]
+struct ReferencedSecrets {
+    client: Client,
+    default_certificate: Option<ObjectKey>,
+    keys: Arc<std::sync::RwLock<std::collections::HashSet<ObjectKey>>>,
+    /// Secrets read with a GET, until the watch delivers them with data.
+    fetched: Arc<tokio::sync::Mutex<std::collections::HashMap<ObjectKey, Secret>>>,
+}
+
+impl ReferencedSecrets {
+    fn new(client: Client, default_certificate: Option<ObjectKey>) -> Self {
+        Self { client, default_certificate, keys: Arc::default(), fetched: Arc::default() }
+    }
+
+    fn strip_unreferenced(&self, secret: &mut Secret) {
+        strip_unless(&self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner), secret);
+    }
+
+    /// The Secrets for compile: the cached ones, with the data of each
+    /// referenced Secret whose cached copy has none.
+    async fn resolve(&self, ingresses: &[Arc<Ingress>], cached: &[Arc<Secret>]) -> Vec<Secret> {
+        let keys = referenced_keys(self.default_certificate.as_ref(), ingresses);
+        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys.clone();
+        let mut fetched = self.fetched.lock().await;
+        fetched.retain(|key, _| keys.contains(key));
+        let mut out = Vec::with_capacity(cached.len());
+        for secret in cached {
+            let key = ObjectKey::of(&secret.metadata);
+            let has_data = secret.data.is_some() || secret.string_data.is_some();
+            if !keys.contains(&key) || has_data {
+                fetched.remove(&key);
+                out.push((**secret).clone());
+                continue;
+            }
+            if !fetched.contains_key(&key) {
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+                match api.get_opt(&key.name).await {
+                    Ok(Some(full)) => {
+                        fetched.insert(key.clone(), full);
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(secret = %key, error = %err, "cannot read a referenced TLS Secret"),
+                }
+            }
+            out.push(fetched.get(&key).cloned().unwrap_or_else(|| (**secret).clone()));
+        }
+        out
+    }
+}
+
+/// The Secrets named by `spec.tls` of `ingresses` (in each Ingress's
+/// namespace), and the default certificate.
+fn referenced_keys(default: Option<&ObjectKey>, ingresses: &[Arc<Ingress>]) -> std::collections::HashSet<ObjectKey> {
+    let mut keys: std::collections::HashSet<ObjectKey> = default.into_iter().cloned().collect();
+    for ing in ingresses {
+        let namespace = ing.metadata.namespace.as_deref().unwrap_or_default();
+        let names = ing.spec.iter().flat_map(|s| s.tls.iter().flatten()).filter_map(|t| t.secret_name.as_deref());
+        keys.extend(names.map(|name| ObjectKey::new(namespace, name)));
+    }
+    keys
+}
+
+/// Drops the data of `secret` unless it is one of `keep`.
+fn strip_unless(keep: &std::collections::HashSet<ObjectKey>, secret: &mut Secret) {
+    if !keep.contains(&ObjectKey::of(&secret.metadata)) {
+        secret.data = None;
+        secret.string_data = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_referenced_tls_secrets_keep_their_data() {
+        let ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"tls": [{"hosts": ["a.test"], "secretName": "a-tls"}, {"hosts": ["b.test"]}]}
+        }))
+        .unwrap();
+        let default = ObjectKey::new("infra", "wildcard");
+        let keys = referenced_keys(Some(&default), &[Arc::new(ingress)]);
+        assert_eq!(keys, [ObjectKey::new("shop", "a-tls"), default].into_iter().collect());
+        let secret = |ns: &str, name: &str| -> Secret {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns}, "type": "kubernetes.io/tls",
+                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}, "stringData": {"x": "y"}
+            }))
+            .unwrap()
+        };
+        let mut referenced = secret("shop", "a-tls");
+        strip_unless(&keys, &mut referenced);
+        assert!(referenced.data.is_some());
+        for (ns, name) in [("shop", "other-tls"), ("elsewhere", "a-tls")] {
+            let mut unreferenced = secret(ns, name);
+            strip_unless(&keys, &mut unreferenced);
+            assert!(unreferenced.data.is_none() && unreferenced.string_data.is_none(), "{ns}/{name} keeps no data");
+        }
+    }
 }
