@@ -3,7 +3,7 @@
 # HAProxy as one-worker reverse proxies, and the backend directly,
 # scenario by scenario, interleaved, in ROUNDS rounds.
 #
-#   bash tests/bench/bench.sh                         # 3 rounds x 8 s (~15 min)
+#   bash tests/bench/bench.sh                         # 3 rounds x 6 s (~11 min + build)
 #   ROUNDS=1 DURATION=2s bash tests/bench/bench.sh    # smoke run (~2 min)
 #
 # Installs nginx, HAProxy, wrk and h2load from Debian when missing, builds
