@@ -4,12 +4,14 @@
 //! read. A file that fails to parse is logged and its last good version
 //! stays in force; everything else keeps serving. Changes are picked up from
 //! inotify (debounced) and, as a safety net, by a metadata rescan every
-//! second. A changed (or vanished) file is applied only once two scans
-//! 50 ms apart agree on its size and mtime, so a file caught half-written
-//! (`cmd > file` truncates first) or briefly absent (editors that save by
-//! delete-and-recreate) never empties the routing table.
+//! second. A changed file whose latest event says it was closed after
+//! writing, or renamed into place, is applied at once; any other change (or
+//! a vanished file) is applied only once two scans 50 ms apart agree on its
+//! size and mtime, so a file caught half-written (`cmd > file` truncates
+//! first) or briefly absent (editors that save by delete-and-recreate) never
+//! empties the routing table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +49,10 @@ pub struct ManifestDir {
     unsettled: BTreeMap<PathBuf, Option<Fingerprint>>,
     /// The first scan applies everything at once.
     started: bool,
+    /// Files whose latest filesystem event said they were written and
+    /// closed, or renamed into place: complete, applied without settling.
+    /// (By file name: the directory is watched non-recursively.)
+    complete: BTreeSet<std::ffi::OsString>,
 }
 
 /// What a rescan found.
@@ -60,7 +66,24 @@ pub struct Rescan {
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: BTreeMap::new(), unsettled: BTreeMap::new(), started: false }
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            unsettled: BTreeMap::new(),
+            started: false,
+            complete: BTreeSet::new(),
+        }
+    }
+
+    /// Records what a filesystem event says about `path`: complete (closed
+    /// after writing, or renamed into place) or still being written.
+    pub fn note_event(&mut self, path: &Path, complete: bool) {
+        let Some(name) = path.file_name() else { return };
+        if complete {
+            self.complete.insert(name.to_owned());
+        } else {
+            self.complete.remove(name);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -88,11 +111,13 @@ impl ManifestDir {
             }
             seen.push(path.clone());
             let fingerprint = Fingerprint { len: meta.len(), modified: meta.modified().ok() };
+            // A mark is good for the scan that follows its event only.
+            let complete = path.file_name().is_some_and(|name| self.complete.remove(name));
             if self.files.get(&path).is_some_and(|f| f.fingerprint == fingerprint) {
                 self.unsettled.remove(&path);
                 continue;
             }
-            if !first && self.unsettled.get(&path) != Some(&Some(fingerprint)) {
+            if !first && !complete && self.unsettled.get(&path) != Some(&Some(fingerprint)) {
                 self.unsettled.insert(path.clone(), Some(fingerprint));
                 unsettled = true;
                 continue;
@@ -163,10 +188,17 @@ impl ManifestDir {
 /// Watches `dir` and calls `on_change` with the new world after each
 /// change (and once at start). Runs until the task is dropped.
 pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Origins)) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(PathBuf, bool)>>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
+        if let Ok(event) = event {
+            use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+            // Closed after writing, or renamed into place: the file is whole.
+            let complete = matches!(
+                event.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            );
+            let _ = tx.send(event.paths.into_iter().map(|p| (p, complete)).collect());
         }
     })
     .and_then(|mut w| {
@@ -204,10 +236,17 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
         }
         tokio::select! {
             _ = tick.tick() => {}
-            Some(()) = rx.recv() => {
-                // Coalesce a burst (editors write, rename, chmod…).
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while rx.try_recv().is_ok() {}
+            Some(paths) = rx.recv() => {
+                // Coalesce a burst (editors write, rename, chmod…); the
+                // latest event of each file says whether it is complete.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let mut events = paths;
+                while let Ok(more) = rx.try_recv() {
+                    events.extend(more);
+                }
+                for (path, complete) in events {
+                    dir.note_event(&path, complete);
+                }
             }
         }
     }
@@ -243,5 +282,29 @@ mod tests {
         assert_eq!(dir.world().0.services.len(), 1);
         assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
         assert!(dir.world().0.services.is_empty());
+    }
+
+    #[test]
+    fn a_file_closed_after_writing_applies_in_one_scan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("svc.yaml");
+        std::fs::write(&file, SVC).unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert!(dir.rescan().unwrap().changed);
+        // Closed after writing: applied at once.
+        std::fs::write(&file, SVC.replace("web", "api")).unwrap();
+        dir.note_event(&file, true);
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        // Written again, with a later event that is not a close: it settles first.
+        std::fs::write(&file, SVC.replace("web", "other")).unwrap();
+        dir.note_event(&file, true);
+        dir.note_event(&file, false);
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        // A mark serves one scan only.
+        dir.note_event(&file, true);
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: false });
+        std::fs::write(&file, SVC.replace("web", "fourth-name")).unwrap();
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
     }
 }
