@@ -238,12 +238,7 @@ impl VirtualHost {
 /// Strips the port and a trailing dot and lowercases into `buf`, returning
 /// the normalized host; `None` when it is empty or too long.
 fn normalize_host<'b>(host: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
-    let host = if host.starts_with('[') {
-        // IPv6 literal: keep up to and including the bracket.
-        &host[..=host.find(']')?]
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _port)| h)
-    };
+    let host = strip_port(host)?;
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() || host.len() > MAX_HOST_LEN {
         return None;
@@ -252,6 +247,16 @@ fn normalize_host<'b>(host: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b
     out.copy_from_slice(host.as_bytes());
     out.make_ascii_lowercase();
     std::str::from_utf8(out).ok()
+}
+
+/// `host[:port]` or `[v6][:port]` without the port; `None` for an
+/// unterminated IPv6 literal.
+pub fn strip_port(host: &str) -> Option<&str> {
+    if host.starts_with('[') {
+        // IPv6 literal: keep up to and including the bracket.
+        return Some(&host[..=host.find(']')?]);
+    }
+    Some(host.rsplit_once(':').map_or(host, |(h, _port)| h))
 }
 
 /// Lowercase RFC 1123 labels separated by dots (no wildcard).

@@ -137,11 +137,12 @@ impl fmt::Debug for ServedCert {
 #[derive(Debug, Default, Serialize)]
 pub struct TlsCerts {
     certs: Vec<ServedCert>,
+    /// Host → (certificate index, the host as bound).
     #[serde(skip)]
-    exact: HashMap<Box<str>, usize>,
+    exact: HashMap<Box<str>, (usize, Arc<str>)>,
     /// Keyed by the suffix after `*.`.
     #[serde(skip)]
-    wildcard: HashMap<Box<str>, usize>,
+    wildcard: HashMap<Box<str>, (usize, Arc<str>)>,
     /// `--default-ssl-certificate`, when configured and valid.
     #[serde(skip_serializing_if = "Option::is_none")]
     default_secret: Option<Arc<str>>,
@@ -192,11 +193,12 @@ impl TlsCerts {
             None => (&mut self.exact, lower),
         };
         match map.entry(key.into()) {
-            Entry::Occupied(e) if *e.get() == index => Ok(()),
-            Entry::Occupied(e) => Err(self.certs[*e.get()].secret.clone()),
+            Entry::Occupied(e) if e.get().0 == index => Ok(()),
+            Entry::Occupied(e) => Err(self.certs[e.get().0].secret.clone()),
             Entry::Vacant(e) => {
-                e.insert(index);
-                self.certs[index].hosts.push(lower.into());
+                let host: Arc<str> = lower.into();
+                e.insert((index, host.clone()));
+                self.certs[index].hosts.push(host);
                 Ok(())
             }
         }
@@ -211,41 +213,26 @@ impl TlsCerts {
     /// The certificate for a ClientHello's SNI: an exact host, else a
     /// wildcard covering exactly one label, else the default (if any).
     pub fn lookup(&self, sni: Option<&str>) -> Option<(&Arc<CertifiedKey>, Selected<'_>)> {
-        if let Some(i) = sni.and_then(|s| self.host_index(s)) {
-            let cert = &self.certs[i];
-            // The bound host this SNI matched: exact entry, else wildcard.
-            let host = sni.and_then(|s| self.matched_host(s, i)).unwrap_or("default");
-            return Some((&cert.key, Selected::Host(host)));
+        if let Some((i, host)) = sni.and_then(|s| self.bound(s)) {
+            return Some((&self.certs[*i].key, Selected::Host(host)));
         }
         self.default.map(|i| (&self.certs[i].key, Selected::Default))
     }
 
-    fn host_index(&self, sni: &str) -> Option<usize> {
+    /// The binding for a host name: exact, else a one-label wildcard.
+    fn bound(&self, sni: &str) -> Option<&(usize, Arc<str>)> {
         let sni = sni.trim_end_matches('.');
         if sni.bytes().any(|b| b.is_ascii_uppercase()) {
-            return self.host_index(&sni.to_ascii_lowercase());
+            return self.bound(&sni.to_ascii_lowercase());
         }
-        if let Some(&i) = self.exact.get(sni) {
-            return Some(i);
+        if let Some(binding) = self.exact.get(sni) {
+            return Some(binding);
         }
         let (label, suffix) = sni.split_once('.')?;
         if label.is_empty() {
             return None;
         }
-        self.wildcard.get(suffix).copied()
-    }
-
-    fn matched_host(&self, sni: &str, index: usize) -> Option<&str> {
-        let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-        let hosts = &self.certs[index].hosts;
-        hosts
-            .iter()
-            .find(|h| ***h == *sni)
-            .or_else(|| {
-                let suffix = sni.split_once('.')?.1;
-                hosts.iter().find(|h| h.strip_prefix("*.") == Some(suffix))
-            })
-            .map(|h| &**h)
+        self.wildcard.get(suffix)
     }
 
     /// True when requests for `host` (a rule's host: exact or `*.` wildcard)
@@ -253,7 +240,7 @@ impl TlsCerts {
     pub fn covers(&self, host: &str) -> bool {
         match host.strip_prefix("*.") {
             Some(suffix) => self.wildcard.contains_key(suffix.to_ascii_lowercase().as_str()),
-            None => self.host_index(host).is_some(),
+            None => self.bound(host).is_some(),
         }
     }
 

@@ -406,17 +406,10 @@ async fn not_ready_and_terminating_endpoints_stop_new_traffic_but_keep_sticky_se
         .await;
 }
 
-/// A `kubernetes.io/tls` Secret object.
-fn tls_secret_json(ns: &str, name: &str, cert_pem: &str, key_pem: &str) -> serde_json::Value {
-    let b64 = |s: &str| serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).unwrap();
-    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-           "metadata": {"name": name, "namespace": ns}, "data": {"tls.crt": b64(cert_pem), "tls.key": b64(key_pem)}})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_secrets_from_the_api_serve_rotate_and_a_broken_one_gets_an_event() {
     use k8s_openapi::api::core::v1::Secret;
-    use support::tls::{Ca, served_cert};
+    use support::tls::{Ca, served_cert, tls_secret_json};
     let c = cluster().await;
     let (ns, _net) = one_backend(&c, "tls").await;
     let https = free_addr();

@@ -38,12 +38,13 @@ struct Https {
     addr: SocketAddr,
 }
 
-async fn start(files: &[(&str, &str)], extra: &[&str]) -> Https {
+async fn start(files: &[(&str, String)], extra: &[&str]) -> Https {
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let addr = free_addr();
     let https = addr.to_string();
     let mut flags = vec!["--https-addr", &https];
     flags.extend_from_slice(extra);
-    Https { proxy: Switchyard::start_with(files, &flags).await, addr }
+    Https { proxy: Switchyard::start_with(&files, &flags).await, addr }
 }
 
 /// GET `path` for `host` on an established TLS stream (HTTP/1.1).
@@ -75,7 +76,6 @@ async fn each_sni_gets_its_certificate_unknown_gets_the_default_and_rotation_rea
         ),
         ("d.yaml", ingress("d", "d.test", Some("missing-tls"), "")),
     ];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let h = start(&files, &[]).await;
 
     // Each SNI its own certificate; the chain verifies against the CA.
@@ -155,7 +155,6 @@ async fn plain_http_to_tls_hosts_is_redirected_unless_the_ingress_opts_out() {
         ("plain.yaml", ingress("plain", "plain.test", None, "")),
         ("bad.yaml", ingress("bad", "bad.test", None, "nginx.ingress.kubernetes.io/ssl-redirect: \"maybe\"")),
     ];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let h = start(&files, &["--hsts", "max-age=600"]).await;
 
     let r = get(h.proxy.http, "a.test:8080", "/x/y?z=1").await.unwrap();
@@ -189,7 +188,6 @@ async fn http2_over_tls_by_alpn_and_cleartext_h2c() {
         ("a.yaml", ingress("a", "a.test", Some("a-tls"), "") + &tls_secret(NS, "a-tls", &a.cert_pem, &a.key_pem)),
         ("plain.yaml", ingress("plain", "plain.test", None, "")),
     ];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let h = start(&files, &[]).await;
 
     async fn h2_get<S>(stream: S, authority: &str) -> (Version, StatusCode, String)
@@ -246,7 +244,6 @@ async fn tls_min_version_is_enforced() {
         ("web.yaml", web().await),
         ("a.yaml", ingress("a", "a.test", Some("a-tls"), "") + &tls_secret(NS, "a-tls", &a.cert_pem, &a.key_pem)),
     ];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
 
     // Default: 1.2 and 1.3 both accepted.
     let h = start(&files, &[]).await;

@@ -45,15 +45,19 @@ impl Ca {
     }
 }
 
-/// A `kubernetes.io/tls` Secret manifest.
-pub fn tls_secret(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> String {
+/// A `kubernetes.io/tls` Secret object.
+pub fn tls_secret_json(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> serde_json::Value {
     let b64 = |s: &str| serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).unwrap();
-    let secret = serde_json::json!({
+    serde_json::json!({
         "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": {"name": name, "namespace": namespace},
         "data": {"tls.crt": b64(cert_pem), "tls.key": b64(key_pem)},
-    });
-    format!("---\n{}", serde_yaml::to_string(&secret).unwrap())
+    })
+}
+
+/// [`tls_secret_json`] as a manifest document.
+pub fn tls_secret(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> String {
+    format!("---\n{}", serde_yaml::to_string(&tls_secret_json(namespace, name, cert_pem, key_pem)).unwrap())
 }
 
 /// Accepts any certificate (the tests compare it with the expected one)

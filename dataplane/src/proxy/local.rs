@@ -19,7 +19,7 @@ pub fn local_response(status: StatusCode, detail: &str) -> Response<ProxyBody> {
 /// 308 to the same host (port dropped: HTTPS on its default port) and
 /// request target over `https://`. Without a usable host: 400.
 pub fn https_redirect(host: Option<&str>, uri: &http::Uri) -> Response<ProxyBody> {
-    let host = host.map(strip_port);
+    let host = host.and_then(crate::router::strip_port);
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let Some(location) = host.and_then(|h| HeaderValue::try_from(format!("https://{h}{target}")).ok()) else {
         return local_response(StatusCode::BAD_REQUEST, "no valid Host to redirect to HTTPS");
@@ -27,17 +27,6 @@ pub fn https_redirect(host: Option<&str>, uri: &http::Uri) -> Response<ProxyBody
     let mut resp = local_response(StatusCode::PERMANENT_REDIRECT, "this host is served over HTTPS");
     resp.headers_mut().insert(header::LOCATION, location);
     resp
-}
-
-/// `host[:port]` or `[v6][:port]` without the port.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |end| &host[..=end]);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
 }
 
 #[cfg(test)]
