@@ -52,7 +52,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // command line, so that every new flag's default applies here too.
     let (manifests, http, admin) = (dir.path().display().to_string(), http.to_string(), admin.to_string());
     let argv = ["switchyard", "standalone", "--manifests", &manifests, "--http-addr", &http, "--admin-addr", &admin];
-    let cli = crate::cli::Cli::try_parse_from(argv.into_iter().chain(["--drain-timeout", "5s"]))?;
+    // Ctrl-C on a laptop: no load balancer to wait for.
+    let quick_exit = ["--shutdown-delay", "0s", "--drain-timeout", "5s"];
+    let cli = crate::cli::Cli::try_parse_from(argv.into_iter().chain(quick_exit))?;
     let crate::cli::Command::Standalone(standalone) = cli.command else { unreachable!("parsed a standalone command") };
     crate::standalone::run(*standalone).await
 }
