@@ -7,6 +7,13 @@ use switchyard_controller::cli::{Cli, Command, LogFormat};
 use switchyard_controller::{demo, run, standalone};
 use tracing_subscriber::EnvFilter;
 
+// jemalloc, configured in `.cargo/config.toml`: background threads return
+// freed pages to the kernel about a second after a burst (say, 10,000
+// connections opened and abandoned), where glibc's malloc keeps them
+// resident.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));

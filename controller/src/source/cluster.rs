@@ -6,6 +6,7 @@
 //! `InitDone`), so a resync never shows compile an empty world. Watches
 //! reconnect with exponential backoff (250 ms doubling to at most 4 s).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ impl Stores {
                 watcher::Config::default().fields(TLS_SECRET_SELECTOR),
                 &tx,
                 None,
-                move |secret: &mut Secret| keep.strip_unreferenced(secret),
+                move |secret: &mut Secret| keep.observe(secret),
             ),
             policies: reflect(
                 tasks,
@@ -259,67 +260,79 @@ pub async fn next_burst(rx: &mut mpsc::UnboundedReceiver<Changed>, window: Durat
     Some(earliest)
 }
 
-/// Which TLS Secrets' data the cache holds: those the Ingresses in the
+/// Which TLS Secrets' data the process holds: those the Ingresses in the
 /// cache name in `spec.tls` (any class), and `--default-ssl-certificate`.
 ///
-/// The Secret watch is field-selected to `type=kubernetes.io/tls`; the data
-/// of every other Secret it sees is dropped before caching. A Secret that
-/// becomes referenced after its data was dropped is read once with a GET;
-/// its next change arrives through the watch with its data.
+/// The Secret watch is field-selected to `type=kubernetes.io/tls`, and the
+/// reflector cache keeps no Secret data at all (metadata only: enough to
+/// know a Secret exists and its resourceVersion). The data of referenced
+/// Secrets is kept here, taken from each watch event as it passes; a
+/// Secret that becomes referenced is read once with a GET. On every
+/// recompile, entries no longer referenced (or deleted) are dropped, so
+/// the process holds key material only for Secrets in use.
 #[derive(Clone)]
 struct ReferencedSecrets {
     client: Client,
     default_certificate: Option<ObjectKey>,
-    keys: Arc<std::sync::RwLock<std::collections::HashSet<ObjectKey>>>,
-    /// Secrets read with a GET, until the watch delivers them with data.
-    fetched: Arc<tokio::sync::Mutex<std::collections::HashMap<ObjectKey, Secret>>>,
+    keys: Arc<std::sync::RwLock<HashSet<ObjectKey>>>,
+    /// The full objects of referenced Secrets.
+    data: Arc<std::sync::Mutex<HashMap<ObjectKey, Secret>>>,
 }
 
 impl ReferencedSecrets {
     fn new(client: Client, default_certificate: Option<ObjectKey>) -> Self {
-        Self { client, default_certificate, keys: Arc::default(), fetched: Arc::default() }
+        Self { client, default_certificate, keys: Arc::default(), data: Arc::default() }
     }
 
-    fn strip_unreferenced(&self, secret: &mut Secret) {
-        strip_unless(&self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner), secret);
+    /// Runs on each watched Secret before it is cached: keeps a copy of a
+    /// referenced one, then strips the data from what the cache stores.
+    fn observe(&self, secret: &mut Secret) {
+        let key = ObjectKey::of(&secret.metadata);
+        if self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&key) {
+            self.lock().insert(key, secret.clone());
+        }
+        strip_data(secret);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Secret>> {
+        self.data.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The Secrets for compile: the cached ones, with the data of each
-    /// referenced Secret whose cached copy has none.
+    /// referenced one. Forgets the data of Secrets no longer referenced.
     async fn resolve(&self, ingresses: &[Arc<Ingress>], cached: &[Arc<Secret>]) -> Vec<Secret> {
         let keys = referenced_keys(self.default_certificate.as_ref(), ingresses);
         *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys.clone();
-        let mut fetched = self.fetched.lock().await;
-        fetched.retain(|key, _| keys.contains(key));
-        let mut out = Vec::with_capacity(cached.len());
-        for secret in cached {
-            let key = ObjectKey::of(&secret.metadata);
-            let has_data = secret.data.is_some() || secret.string_data.is_some();
-            if !keys.contains(&key) || has_data {
-                fetched.remove(&key);
-                out.push((**secret).clone());
-                continue;
+        let present: HashSet<ObjectKey> = cached.iter().map(|s| ObjectKey::of(&s.metadata)).collect();
+        let missing: Vec<ObjectKey> = {
+            let mut data = self.lock();
+            data.retain(|key, _| keys.contains(key) && present.contains(key));
+            keys.iter().filter(|k| present.contains(*k) && !data.contains_key(*k)).cloned().collect()
+        };
+        for key in missing {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+            match api.get_opt(&key.name).await {
+                // A watch event that arrived meanwhile is newer: keep it.
+                Ok(Some(full)) => _ = self.lock().entry(key).or_insert(full),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(secret = %key, error = %err, "cannot read a referenced TLS Secret"),
             }
-            if !fetched.contains_key(&key) {
-                let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
-                match api.get_opt(&key.name).await {
-                    Ok(Some(full)) => {
-                        fetched.insert(key.clone(), full);
-                    }
-                    Ok(None) => {}
-                    Err(err) => tracing::warn!(secret = %key, error = %err, "cannot read a referenced TLS Secret"),
-                }
-            }
-            out.push(fetched.get(&key).cloned().unwrap_or_else(|| (**secret).clone()));
         }
-        out
+        let data = self.lock();
+        cached.iter().map(|s| data.get(&ObjectKey::of(&s.metadata)).cloned().unwrap_or_else(|| (**s).clone())).collect()
+    }
+
+    /// How many Secrets' data is held (for tests and debugging).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.lock().len()
     }
 }
 
 /// The Secrets named by `spec.tls` of `ingresses` (in each Ingress's
 /// namespace), and the default certificate.
-fn referenced_keys(default: Option<&ObjectKey>, ingresses: &[Arc<Ingress>]) -> std::collections::HashSet<ObjectKey> {
-    let mut keys: std::collections::HashSet<ObjectKey> = default.into_iter().cloned().collect();
+fn referenced_keys(default: Option<&ObjectKey>, ingresses: &[Arc<Ingress>]) -> HashSet<ObjectKey> {
+    let mut keys: HashSet<ObjectKey> = default.into_iter().cloned().collect();
     for ing in ingresses {
         let namespace = ing.metadata.namespace.as_deref().unwrap_or_default();
         let names = ing.spec.iter().flat_map(|s| s.tls.iter().flatten()).filter_map(|t| t.secret_name.as_deref());
@@ -328,42 +341,74 @@ fn referenced_keys(default: Option<&ObjectKey>, ingresses: &[Arc<Ingress>]) -> s
     keys
 }
 
-/// Drops the data of `secret` unless it is one of `keep`.
-fn strip_unless(keep: &std::collections::HashSet<ObjectKey>, secret: &mut Secret) {
-    if !keep.contains(&ObjectKey::of(&secret.metadata)) {
-        secret.data = None;
-        secret.string_data = None;
-    }
+/// Drops the data of `secret` (the cache keeps metadata only).
+fn strip_data(secret: &mut Secret) {
+    secret.data = None;
+    secret.string_data = None;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_referenced_tls_secrets_keep_their_data() {
-        let ingress: Ingress = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {"tls": [{"hosts": ["a.test"], "secretName": "a-tls"}, {"hosts": ["b.test"]}]}
+    fn tls_secret(ns: &str, name: &str) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": "7"}, "type": "kubernetes.io/tls",
+            "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}, "stringData": {"x": "y"}
         }))
-        .unwrap();
-        let default = ObjectKey::new("infra", "wildcard");
-        let keys = referenced_keys(Some(&default), &[Arc::new(ingress)]);
-        assert_eq!(keys, [ObjectKey::new("shop", "a-tls"), default].into_iter().collect());
-        let secret = |ns: &str, name: &str| -> Secret {
+        .unwrap()
+    }
+
+    fn ingress_naming(secret: &str) -> Arc<Ingress> {
+        Arc::new(
             serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name, "namespace": ns}, "type": "kubernetes.io/tls",
-                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}, "stringData": {"x": "y"}
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"tls": [{"hosts": ["a.test"], "secretName": secret}, {"hosts": ["b.test"]}]}
             }))
-            .unwrap()
-        };
-        let mut referenced = secret("shop", "a-tls");
-        strip_unless(&keys, &mut referenced);
-        assert!(referenced.data.is_some());
-        for (ns, name) in [("shop", "other-tls"), ("elsewhere", "a-tls")] {
-            let mut unreferenced = secret(ns, name);
-            strip_unless(&keys, &mut unreferenced);
-            assert!(unreferenced.data.is_none() && unreferenced.string_data.is_none(), "{ns}/{name} keeps no data");
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn referenced_keys_are_the_ingresses_secrets_and_the_default() {
+        let default = ObjectKey::new("infra", "wildcard");
+        let keys = referenced_keys(Some(&default), &[ingress_naming("a-tls")]);
+        assert_eq!(keys, [ObjectKey::new("shop", "a-tls"), default].into_iter().collect());
+    }
+
+    /// The cache keeps no data; the data of referenced Secrets is held
+    /// while they are referenced and dropped as soon as they are not.
+    #[tokio::test]
+    async fn only_referenced_tls_secrets_keep_their_data() {
+        // Never contacted: every Secret here arrives through `observe`.
+        let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let secrets = ReferencedSecrets::new(client, None);
+        let ingresses = [ingress_naming("a-tls")];
+        assert!(secrets.resolve(&ingresses, &[]).await.is_empty(), "nothing cached yet");
+
+        let mut cached = Vec::new();
+        for (ns, name) in [("shop", "a-tls"), ("shop", "other-tls"), ("elsewhere", "a-tls")] {
+            let mut secret = tls_secret(ns, name);
+            secrets.observe(&mut secret);
+            assert!(secret.data.is_none() && secret.string_data.is_none(), "the cache keeps no data of {ns}/{name}");
+            cached.push(Arc::new(secret));
         }
+        assert_eq!(secrets.held(), 1, "only shop/a-tls is held");
+        let resolved = secrets.resolve(&ingresses, &cached).await;
+        let with_data: Vec<String> =
+            resolved.iter().filter(|s| s.data.is_some()).map(|s| ObjectKey::of(&s.metadata).to_string()).collect();
+        assert_eq!(with_data, ["shop/a-tls"]);
+
+        // The Ingress stops naming it: its data is forgotten at once.
+        let resolved = secrets.resolve(&[ingress_naming("b-tls")], &cached).await;
+        assert_eq!(secrets.held(), 0);
+        assert!(resolved.iter().all(|s| s.data.is_none()));
+        // Deleted while referenced (gone from the cache): forgotten too.
+        let mut secret = tls_secret("shop", "a-tls");
+        secrets.resolve(&ingresses, &[]).await;
+        secrets.observe(&mut secret);
+        assert_eq!(secrets.held(), 1);
+        secrets.resolve(&ingresses, &[]).await;
+        assert_eq!(secrets.held(), 0);
     }
 }
