@@ -120,6 +120,21 @@ pub struct DataplaneArgs {
     /// TLS; empty: no header.
     #[arg(long, default_value = "max-age=31536000; includeSubDomains")]
     pub hsts: String,
+    /// Require a PROXY protocol header (v1 or v2, autodetected) at the
+    /// start of every connection, on the HTTP and HTTPS listeners alike:
+    /// its source address becomes the client's (X-Forwarded-For, X-Real-IP,
+    /// IPHash, access log). Connections without one are closed. Turn it on
+    /// only behind a load balancer that sends the header and when clients
+    /// cannot reach these ports directly: anyone who can could otherwise
+    /// forge their address.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// CA certificates (PEM) that backends' certificates must chain to, for
+    /// Ingresses with `backend-protocol` HTTPS or GRPCS. The name is not
+    /// checked (backends are addressed by pod IP). Default: backends'
+    /// certificates are not verified, as nginx and HAProxy do by default.
+    #[arg(long, value_name = "PATH")]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Flags that decide which Ingresses are ours.

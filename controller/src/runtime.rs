@@ -18,7 +18,7 @@ use switchyard_dataplane::admin::{AdminState, serve_admin};
 use switchyard_dataplane::listener::audit::HeadLimits;
 use switchyard_dataplane::listener::{Drain, ListenerConfig, TlsTermination, serve_http, serve_https};
 use switchyard_dataplane::metrics::Metrics;
-use switchyard_dataplane::proxy::{AccessLog, AccessLogTarget, Proxy, ProxyConfig};
+use switchyard_dataplane::proxy::{AccessLog, AccessLogTarget, Proxy, ProxyConfig, client_tls_config, parse_ca_pem};
 use switchyard_dataplane::tls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -73,6 +73,7 @@ impl Dataplane {
             max_body_size: self.args.max_body_size,
             access_log: self.access_log()?,
             hsts: self.hsts()?,
+            upstream_tls: self.upstream_tls()?,
             ..ProxyConfig::default()
         };
         let listener_config = ListenerConfig {
@@ -85,6 +86,7 @@ impl Dataplane {
                 max_header_bytes: self.args.max_header_bytes,
             },
             max_headers: self.args.max_headers,
+            proxy_protocol: self.args.proxy_protocol,
         };
         let proxy = Arc::new(Proxy::new(self.snapshots.clone(), self.metrics.clone(), proxy_config));
         let admin_state = Arc::new(AdminState::new(self.snapshots.clone(), self.metrics.clone()));
@@ -138,6 +140,18 @@ impl Dataplane {
             return Ok(None);
         }
         Ok(Some(http::HeaderValue::try_from(value).with_context(|| format!("--hsts {value:?}: not a header value"))?))
+    }
+
+    /// TLS toward HTTPS/GRPCS backends: verified against
+    /// `--upstream-ca-file` if given, else not verified (`None`).
+    fn upstream_tls(&self) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+        let Some(path) = &self.args.upstream_ca_file else { return Ok(None) };
+        let pem = std::fs::read(path).with_context(|| format!("cannot read --upstream-ca-file {}", path.display()))?;
+        let roots = parse_ca_pem(&pem).with_context(|| format!("--upstream-ca-file {}", path.display()))?;
+        let config =
+            client_tls_config(Some(roots)).with_context(|| format!("--upstream-ca-file {}", path.display()))?;
+        tracing::info!(ca = %path.display(), "backend TLS certificates are verified against this CA");
+        Ok(Some(Arc::new(config)))
     }
 
     /// Opens `--access-log`, if given.

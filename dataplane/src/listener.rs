@@ -5,9 +5,12 @@
 //! Every HTTP/1 connection is read through an [`audit`] of its raw bytes
 //! (framing hyper repairs silently, exact head sizes) and two timers (slow
 //! head, idle keep-alive); at most `max_connections` are served at once.
+//! With `proxy_protocol`, each connection first gives its client's address
+//! in a PROXY header (see [`proxy_protocol`]).
 
 pub mod audit;
 mod conn_io;
+pub mod proxy_protocol;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,6 +48,11 @@ pub struct ListenerConfig {
     pub head_limits: HeadLimits,
     /// Header fields per request (431, answered by hyper).
     pub max_headers: usize,
+    /// Every connection starts with a PROXY protocol header (v1 or v2),
+    /// whose source address replaces the socket's peer; a connection
+    /// without a valid one, or slower than `header_read_timeout` to send
+    /// it, is closed unanswered.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ListenerConfig {
@@ -56,6 +64,7 @@ impl Default for ListenerConfig {
             max_connections: None,
             head_limits: HeadLimits::default(),
             max_headers: 100,
+            proxy_protocol: false,
         }
     }
 }
@@ -233,8 +242,8 @@ fn accept_now(listener: &TcpListener) -> Option<(TcpStream, std::net::SocketAddr
 }
 
 /// What serving one accepted connection needs. Shared by the accept loop
-/// and TLS handshakes in flight; dropped before the drain waits for the
-/// connections it watches.
+/// and connections still reading a PROXY header or a TLS handshake;
+/// dropped before the drain waits for the connections it watches.
 struct Connections {
     builder: auto::Builder<TokioExecutor>,
     proxy: Arc<Proxy>,
@@ -254,25 +263,50 @@ impl Connections {
     ) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        // Taken now: the drain waits for a handshake in flight too.
+        // Taken now: the drain waits for a header or handshake in flight too.
         let watcher = graceful.watcher();
-        let Some(tls) = &self.tls else {
-            return self.serve_io(watcher, stream, ConnInfo { peer, local, tls: false }, slot);
-        };
-        // The handshake runs in the connection's own task, bounded in time.
-        let (this, tls) = (self.clone(), tls.clone());
-        tokio::spawn(async move {
-            let metrics = this.proxy.metrics().clone();
-            let handshake = tokio::time::timeout(tls.handshake_timeout, handshake(stream, &tls, &metrics));
-            match handshake.await {
-                Ok(Some(stream)) => this.serve_io(watcher, stream, ConnInfo { peer, local, tls: true }, slot),
+        let conn_info = ConnInfo { peer, local, tls: self.tls.is_some() };
+        if self.tls.is_none() && !self.config.proxy_protocol {
+            return self.serve_io(watcher, stream, conn_info, slot);
+        }
+        // The PROXY header and the TLS handshake are read in the
+        // connection's own task, each bounded in time.
+        let this = self.clone();
+        tokio::spawn(async move { this.prepare(watcher, stream, conn_info, slot).await });
+    }
+
+    /// Reads the PROXY header (if required) and completes the TLS
+    /// handshake (if any), then serves the connection.
+    async fn prepare(
+        self: Arc<Self>,
+        watcher: Watcher,
+        mut stream: TcpStream,
+        mut conn_info: ConnInfo,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
+        if self.config.proxy_protocol {
+            match proxy_protocol::read_header(&mut stream, self.config.header_read_timeout).await {
+                Ok(Some(source)) => conn_info.peer = source,
                 Ok(None) => {}
-                Err(_) => {
-                    metrics.tls_handshakes.with_label_values(&["", "timeout"]).inc();
-                    tracing::debug!(%peer, "TLS handshake timed out");
+                Err(err) => {
+                    tracing::debug!(peer = %conn_info.peer, error = %err, "PROXY header refused; connection closed");
+                    return;
                 }
             }
-        });
+        }
+        let Some(tls) = &self.tls else {
+            return self.serve_io(watcher, stream, conn_info, slot);
+        };
+        let metrics = self.proxy.metrics().clone();
+        let handshake = tokio::time::timeout(tls.handshake_timeout, handshake(stream, tls, &metrics));
+        match handshake.await {
+            Ok(Some(stream)) => self.serve_io(watcher, stream, conn_info, slot),
+            Ok(None) => {}
+            Err(_) => {
+                metrics.tls_handshakes.with_label_values(&["", "timeout"]).inc();
+                tracing::debug!(peer = %conn_info.peer, "TLS handshake timed out");
+            }
+        }
     }
 
     fn serve_io<S>(&self, watcher: Watcher, stream: S, conn_info: ConnInfo, slot: Option<OwnedSemaphorePermit>)

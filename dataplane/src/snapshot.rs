@@ -65,6 +65,56 @@ pub struct Route {
     /// HTTPS responses carry `Strict-Transport-Security` (the host has TLS).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hsts: bool,
+    /// How the proxy talks to the backend (the `backend-protocol`
+    /// annotation).
+    #[serde(skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub upstream: UpstreamProtocol,
+}
+
+/// The protocol toward a route's backend (annotation
+/// `switchyard.dev/backend-protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 in cleartext (upgrades such as WebSocket included).
+    #[default]
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 in cleartext, prior knowledge.
+    H2c,
+    /// gRPC: HTTP/2 in cleartext (prior knowledge), trailers forwarded.
+    Grpc,
+    /// gRPC over TLS (ALPN `h2`).
+    Grpcs,
+}
+
+impl UpstreamProtocol {
+    /// The annotation's values, case-insensitive.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_uppercase().as_str() {
+            "HTTP" => Some(Self::Http),
+            "HTTPS" => Some(Self::Https),
+            "H2C" => Some(Self::H2c),
+            "GRPC" => Some(Self::Grpc),
+            "GRPCS" => Some(Self::Grpcs),
+            _ => None,
+        }
+    }
+
+    /// TLS toward the backend.
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Https | Self::Grpcs)
+    }
+
+    /// HTTP/2 toward the backend.
+    pub fn http2(self) -> bool {
+        matches!(self, Self::H2c | Self::Grpc | Self::Grpcs)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::Http
+    }
 }
 
 impl Route {
@@ -80,6 +130,7 @@ impl Route {
             max_body_size: None,
             https_redirect: false,
             hsts: false,
+            upstream: UpstreamProtocol::Http,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use switchyard_dataplane::proxy::parse_size;
 use switchyard_dataplane::router::{RouteError, Router};
+use switchyard_dataplane::snapshot::UpstreamProtocol;
 use switchyard_dataplane::tls::TlsCerts;
 use switchyard_dataplane::{PathKind, Route};
 
@@ -32,11 +33,12 @@ pub(super) fn add_ingress(
     let source: Arc<str> = key.to_string().into();
     let max_body_size = body_size(key, ing, diagnostics);
     let ssl_redirect = ssl_redirect(key, ing, diagnostics);
+    let upstream = backend_protocol(key, ing, diagnostics);
 
     if let Some(default) = &spec.default_backend
         && let Some(backend) = resolve(key, default, backends, diagnostics)
     {
-        let route = Route { max_body_size, ..Route::new("*", "", PathKind::Prefix, backend, source.clone()) };
+        let route = Route { max_body_size, upstream, ..Route::new("*", "", PathKind::Prefix, backend, source.clone()) };
         if let Err(existing) = router.set_default_backend(route) {
             diagnostics.push(Diagnostic::new(
                 KIND,
@@ -65,6 +67,7 @@ pub(super) fn add_ingress(
                 max_body_size,
                 https_redirect: has_tls && ssl_redirect,
                 hsts: has_tls,
+                upstream,
                 ..Route::new("", path, kind, backend, source.clone())
             };
             if let Err(err) = router.add_route(host, route) {
@@ -85,12 +88,35 @@ pub const SSL_REDIRECT_ANNOTATION: &str = "switchyard.dev/ssl-redirect";
 /// The ingress-nginx spelling; ours wins when both are set.
 pub const NGINX_SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
 
+/// The annotation named first in `names` that the Ingress sets (ours
+/// first, then the ingress-nginx spelling), with its value.
+fn annotation<'i>(ing: &'i Ingress, names: [&'static str; 2]) -> Option<(&'static str, &'i str)> {
+    let annotations = ing.metadata.annotations.as_ref()?;
+    names.into_iter().find_map(|name| annotations.get(name).map(|value| (name, value.as_str())))
+}
+
+/// How the proxy talks to the Ingress's backends.
+pub const BACKEND_PROTOCOL_ANNOTATION: &str = "switchyard.dev/backend-protocol";
+/// The ingress-nginx spelling; ours wins when both are set.
+pub const NGINX_BACKEND_PROTOCOL_ANNOTATION: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+
+fn backend_protocol(key: &ObjectKey, ing: &Ingress, diagnostics: &mut Vec<Diagnostic>) -> UpstreamProtocol {
+    let Some((name, value)) = annotation(ing, [BACKEND_PROTOCOL_ANNOTATION, NGINX_BACKEND_PROTOCOL_ANNOTATION]) else {
+        return UpstreamProtocol::Http;
+    };
+    UpstreamProtocol::parse(value).unwrap_or_else(|| {
+        diagnostics.push(Diagnostic::new(
+            KIND,
+            key,
+            Reason::InvalidAnnotation,
+            format!("{name}: {value:?} is not one of HTTP, HTTPS, H2C, GRPC, GRPCS; using HTTP"),
+        ));
+        UpstreamProtocol::Http
+    })
+}
+
 fn ssl_redirect(key: &ObjectKey, ing: &Ingress, diagnostics: &mut Vec<Diagnostic>) -> bool {
-    let Some(annotations) = ing.metadata.annotations.as_ref() else { return true };
-    let Some((name, value)) = [SSL_REDIRECT_ANNOTATION, NGINX_SSL_REDIRECT_ANNOTATION]
-        .into_iter()
-        .find_map(|name| annotations.get(name).map(|value| (name, value)))
-    else {
+    let Some((name, value)) = annotation(ing, [SSL_REDIRECT_ANNOTATION, NGINX_SSL_REDIRECT_ANNOTATION]) else {
         return true;
     };
     match value.trim().to_ascii_lowercase().as_str() {
@@ -131,10 +157,7 @@ fn resolve(
 /// The Ingress's body size limit: `None` when it sets none (or an invalid
 /// one, reported), `Some(u64::MAX)` for `0` (no limit).
 fn body_size(key: &ObjectKey, ing: &Ingress, diagnostics: &mut Vec<Diagnostic>) -> Option<u64> {
-    let annotations = ing.metadata.annotations.as_ref()?;
-    let (name, value) = [BODY_SIZE_ANNOTATION, NGINX_BODY_SIZE_ANNOTATION]
-        .into_iter()
-        .find_map(|name| annotations.get(name).map(|value| (name, value)))?;
+    let (name, value) = annotation(ing, [BODY_SIZE_ANNOTATION, NGINX_BODY_SIZE_ANNOTATION])?;
     match parse_size(value) {
         Some(0) => Some(u64::MAX),
         Some(bytes) => Some(bytes),

@@ -206,3 +206,38 @@ fn compile_is_deterministic() {
     let two = serde_json::to_string(&compile(&world, &ClassConfig::default()).snapshot).unwrap();
     assert_eq!(one, two);
 }
+
+#[test]
+fn backend_protocol_annotation_sets_the_routes_upstream_protocol() {
+    use switchyard_dataplane::snapshot::UpstreamProtocol;
+    let with = |name: &str, host: &str, annotations: &str| {
+        mk_ingress(name, None, host, "/", "s").replace(
+            &format!("name: {name}, namespace: default"),
+            &format!("name: {name}, namespace: default, annotations: {{{annotations}}}"),
+        )
+    };
+    let yaml = [
+        with("g", "g.test", "switchyard.dev/backend-protocol: GRPC"),
+        with("n", "n.test", "nginx.ingress.kubernetes.io/backend-protocol: https"),
+        // Ours wins over the nginx spelling.
+        with(
+            "both",
+            "both.test",
+            "switchyard.dev/backend-protocol: H2C, nginx.ingress.kubernetes.io/backend-protocol: HTTP",
+        ),
+        with("bad", "bad.test", "switchyard.dev/backend-protocol: FCGI"),
+        mk_ingress("plain", None, "plain.test", "/", "s"),
+    ]
+    .concat();
+    let c = compiled(&yaml);
+    let upstream = |host: &str| c.snapshot.router.route(Some(host), "/").unwrap().upstream;
+    assert_eq!(upstream("g.test"), UpstreamProtocol::Grpc);
+    assert_eq!(upstream("n.test"), UpstreamProtocol::Https);
+    assert_eq!(upstream("both.test"), UpstreamProtocol::H2c);
+    assert_eq!(upstream("bad.test"), UpstreamProtocol::Http, "an invalid value falls back to HTTP");
+    assert_eq!(upstream("plain.test"), UpstreamProtocol::Http);
+    let bad: Vec<_> = c.diagnostics.iter().filter(|d| d.reason == Reason::InvalidAnnotation).collect();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].object.to_string(), "default/bad");
+    assert!(bad[0].message.contains("FCGI"), "{}", bad[0].message);
+}

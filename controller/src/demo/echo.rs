@@ -8,7 +8,7 @@
 //! * `GET /healthz`: 200, or the status last set by `PUT /healthz?status=N`
 //!   (to make a backend fail its health check while it keeps serving);
 //! * anything else: JSON describing the request (backend name, method, URI,
-//!   headers), after `?delay_ms=N` if given.
+//!   HTTP version, headers), after `?delay_ms=N` if given.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -95,11 +95,13 @@ async fn handle(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<E
         .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let echo = serde_json::json!({
         "backend": &*name,
         "method": method,
         "uri": uri,
+        "version": version,
         "headers": headers,
         "body_len": body.len(),
     });

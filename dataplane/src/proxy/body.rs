@@ -37,7 +37,12 @@ impl Body for GuardedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let mut frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &mut frame
+            && let Some(trailers) = f.trailers_mut()
+        {
+            super::headers::sanitize_trailers(trailers);
+        }
         this.access_log.frame(&frame);
         Poll::Ready(frame)
     }
@@ -91,7 +96,10 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => {
+            Some(Ok(mut frame)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    super::headers::sanitize_trailers(trailers);
+                }
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len > this.allowed {
                     let _ = this.failure.set(BodyFailure::TooLarge);

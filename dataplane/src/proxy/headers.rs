@@ -16,9 +16,18 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Rewrites a downstream request's head for the upstream: hop-by-hop fields
 /// removed (an upgrade is re-declared), Host kept, `X-Forwarded-*` set.
-pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, client: ClientInfo) {
+/// Toward an HTTP/2 upstream, the client's `TE: trailers` is kept (gRPC
+/// needs it; it is the only TE value HTTP/2 allows).
+pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, client: ClientInfo, http2: bool) {
     let conn = client.conn;
     let headers = &mut parts.headers;
+    let te_trailers = http2
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need Host.
     if !headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
@@ -28,6 +37,9 @@ pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, c
     }
     let forwarded_host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -76,6 +88,32 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes from trailers the fields that must not be taken from them
+/// (RFC 9110 §6.5.1): framing, routing, connection control,
+/// authentication and cookies. gRPC's `grpc-status` and `grpc-message`
+/// pass.
+pub(super) fn sanitize_trailers(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
+    for name in [
+        &header::CONTENT_LENGTH,
+        &header::CONTENT_RANGE,
+        &header::CONTENT_TYPE,
+        &header::CONTENT_ENCODING,
+        &header::HOST,
+        &header::AUTHORIZATION,
+        &header::PROXY_AUTHORIZATION,
+        &header::WWW_AUTHENTICATE,
+        &header::PROXY_AUTHENTICATE,
+        &header::COOKIE,
+        &header::SET_COOKIE,
+        &header::CACHE_CONTROL,
+        &header::EXPECT,
+        &header::LOCATION,
+    ] {
+        trailers.remove(name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,7 +142,7 @@ mod tests {
             .body(())
             .unwrap();
         let (mut parts, ()) = req.into_parts();
-        prepare_request(&mut parts, None, conn());
+        prepare_request(&mut parts, None, conn(), false);
         let h = &parts.headers;
         for gone in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
@@ -126,8 +164,45 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        prepare_request(&mut parts, Some(HeaderValue::from_static("websocket")), conn());
+        prepare_request(&mut parts, Some(HeaderValue::from_static("websocket")), conn(), false);
         assert_eq!(parts.headers["connection"], "upgrade");
         assert_eq!(parts.headers["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn te_trailers_is_kept_toward_http2_only() {
+        for (http2, kept) in [(true, true), (false, false)] {
+            let (mut parts, ()) = Request::post("/pkg.Svc/Call")
+                .header("host", "a.test")
+                .header("te", "trailers")
+                .body(())
+                .unwrap()
+                .into_parts();
+            prepare_request(&mut parts, None, conn(), http2);
+            assert_eq!(parts.headers.get("te").is_some(), kept, "http2 upstream: {http2}");
+        }
+        let (mut parts, ()) = Request::post("/x").header("te", "gzip").body(()).unwrap().into_parts();
+        prepare_request(&mut parts, None, conn(), true);
+        assert!(parts.headers.get("te").is_none(), "only `trailers` passes");
+    }
+
+    #[test]
+    fn trailers_lose_framing_and_routing_fields() {
+        let mut t = HeaderMap::new();
+        for (name, value) in [
+            ("grpc-status", "0"),
+            ("grpc-message", "ok"),
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("host", "evil.test"),
+            ("set-cookie", "a=b"),
+            ("authorization", "x"),
+        ] {
+            t.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        sanitize_trailers(&mut t);
+        let mut left: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["grpc-message", "grpc-status"]);
     }
 }

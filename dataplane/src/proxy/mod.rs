@@ -14,6 +14,7 @@ mod hash_key;
 mod headers;
 mod local;
 mod upgrade;
+mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,13 +26,10 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::InFlightGuard;
 use crate::metrics::Metrics;
-use crate::snapshot::{Backend, Endpoint, SnapshotHandle};
+use crate::snapshot::{Backend, Endpoint, Route, SnapshotHandle, UpstreamProtocol};
 
 pub use access_log::{AccessLog, AccessLogTarget};
 pub use body::{ClientBody, GuardedBody};
@@ -39,8 +37,10 @@ pub use checks::parse_size;
 pub use conn_state::{ConnState, Rejection, RequestGuard};
 pub use local::local_response;
 pub use upgrade::{GOING_AWAY_GRACE, Tunnels};
+pub use upstream::{CaError, client_tls_config, parse_ca_pem};
 
 use body::BodyFailure;
+use upstream::{UpstreamClient, UpstreamClients};
 
 /// Request body toward the upstream: the client's, or empty for a retry.
 pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
@@ -67,6 +67,9 @@ pub struct ProxyConfig {
     pub hsts: Option<http::HeaderValue>,
     /// The access log (`None`: off, and free).
     pub access_log: Option<AccessLog>,
+    /// TLS toward `HTTPS`/`GRPCS` backends ([`client_tls_config`]; `None`:
+    /// no certificate verification).
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The HSTS header value sent by default: one year, subdomains included.
@@ -85,6 +88,7 @@ impl Default for ProxyConfig {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             hsts: Some(http::HeaderValue::from_static(DEFAULT_HSTS)),
             access_log: None,
+            upstream_tls: None,
         }
     }
 }
@@ -112,10 +116,11 @@ pub(crate) struct ClientInfo {
 pub struct Proxy {
     snapshots: Arc<SnapshotHandle>,
     metrics: Arc<Metrics>,
-    client: UpstreamClient,
+    clients: UpstreamClients,
     /// Clients for backends whose policy sets its own connect timeout (the
     /// connector's timeout is per client), created on first use.
-    clients_by_connect_timeout: std::sync::RwLock<std::collections::HashMap<Duration, UpstreamClient>>,
+    clients_by_connect_timeout: std::sync::RwLock<std::collections::HashMap<Duration, UpstreamClients>>,
+    upstream_tls: Arc<rustls::ClientConfig>,
     config: ProxyConfig,
     /// Open WebSocket tunnels (shutdown waits for them, then closes them).
     tunnels: Tunnels,
@@ -155,9 +160,14 @@ impl ForwardError {
 
 impl Proxy {
     pub fn new(snapshots: Arc<SnapshotHandle>, metrics: Arc<Metrics>, config: ProxyConfig) -> Self {
-        let client = upstream_client(config.connect_timeout, config.pool_idle_timeout);
+        let upstream_tls = config
+            .upstream_tls
+            .clone()
+            .unwrap_or_else(|| Arc::new(client_tls_config(None).expect("the default protocol versions are supported")));
+        let clients = UpstreamClients::new(config.connect_timeout, config.pool_idle_timeout, &upstream_tls);
         let tunnels = Tunnels::default();
-        Self { snapshots, metrics, client, clients_by_connect_timeout: Default::default(), config, tunnels }
+        let clients_by_connect_timeout = Default::default();
+        Self { snapshots, metrics, clients, clients_by_connect_timeout, upstream_tls, config, tunnels }
     }
 
     /// The proxy's open WebSocket tunnels.
@@ -170,18 +180,25 @@ impl Proxy {
         &self.metrics
     }
 
-    /// The pooled client for a connect timeout (the shared one by default).
-    fn client_for(&self, connect_timeout: Option<Duration>) -> UpstreamClient {
+    /// The pooled client for a connect timeout (the shared one by default)
+    /// and a protocol.
+    fn client_for(
+        &self,
+        connect_timeout: Option<Duration>,
+        protocol: UpstreamProtocol,
+        upgrade: bool,
+    ) -> UpstreamClient {
         let Some(timeout) = connect_timeout.filter(|t| *t != self.config.connect_timeout) else {
-            return self.client.clone();
+            return self.clients.pick(protocol, upgrade).clone();
         };
         let read = self.clients_by_connect_timeout.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(client) = read.get(&timeout) {
-            return client.clone();
+        if let Some(clients) = read.get(&timeout) {
+            return clients.pick(protocol, upgrade).clone();
         }
         drop(read);
         let mut write = self.clients_by_connect_timeout.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        write.entry(timeout).or_insert_with(|| upstream_client(timeout, self.config.pool_idle_timeout)).clone()
+        let new = || UpstreamClients::new(timeout, self.config.pool_idle_timeout, &self.upstream_tls);
+        write.entry(timeout).or_insert_with(new).pick(protocol, upgrade).clone()
     }
 
     /// Answers one request. Never fails: every error becomes a response.
@@ -230,8 +247,7 @@ impl Proxy {
             self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "308"]).inc();
             return Ok(local::https_redirect(request_host(&req), req.uri()));
         }
-        let body_limit = route.max_body_size.unwrap_or(self.config.max_body_size);
-        if checks::content_length(&req).is_some_and(|len| len > body_limit) {
+        if checks::content_length(&req).is_some_and(|len| len > self.body_limit(route)) {
             self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "413"]).inc();
             return Ok(refuse(checks::TOO_LARGE));
         }
@@ -244,7 +260,7 @@ impl Proxy {
                     ip: client_ip::client_ip(req.headers(), conn.peer.ip(), trusted),
                     via_trusted_proxy: client_ip::is_trusted(conn.peer.ip(), trusted),
                 };
-                self.balance_and_forward(req, backend, client, body_limit, start, entry).await
+                self.balance_and_forward(req, route, backend, client, start, entry).await
             }
         };
         if conn.tls
@@ -266,9 +282,9 @@ impl Proxy {
     async fn balance_and_forward(
         &self,
         req: Request<Incoming>,
+        route: &Route,
         backend: &Backend,
         client: ClientInfo,
-        body_limit: u64,
         start: Instant,
         entry: &mut access_log::Entry,
     ) -> Response<ProxyBody> {
@@ -287,10 +303,10 @@ impl Proxy {
         let mut tried = Vec::new();
         let (req, body_failure) = {
             let (parts, body) = req.into_parts();
-            let (body, failure) = ClientBody::new(body, body_limit);
+            let (body, failure) = ClientBody::new(body, self.body_limit(route));
             (Request::from_parts(parts, Either::Left(body)), failure)
         };
-        let mut result = self.forward_to(req, backend, chosen, client).await;
+        let mut result = self.forward_to(req, backend, chosen, client, route.upstream).await;
         if result.is_err()
             && let Some(failure) = body_failure.get()
         {
@@ -319,7 +335,7 @@ impl Proxy {
                 copy_head(&head.method, &head.uri, head.version, &head.headers),
                 Either::Right(Empty::new()),
             );
-            result = self.forward_to(req, backend, chosen, client).await;
+            result = self.forward_to(req, backend, chosen, client, route.upstream).await;
         }
         let endpoint = &backend.endpoints[chosen];
         entry.upstream(endpoint.addr, tried.len() + 1);
@@ -356,6 +372,11 @@ impl Proxy {
         response
     }
 
+    /// The route's request body size limit.
+    fn body_limit(&self, route: &Route) -> u64 {
+        route.max_body_size.unwrap_or(self.config.max_body_size)
+    }
+
     /// Passive health bookkeeping, with a log line and a count on ejection.
     fn record_outcome(&self, backend: &Backend, i: usize, failed: bool) {
         if let Some(time) = backend.record_outcome(i, failed) {
@@ -372,11 +393,17 @@ impl Proxy {
         backend: &Backend,
         i: usize,
         client: ClientInfo,
+        protocol: UpstreamProtocol,
     ) -> Result<Response<GuardedBody>, ForwardError> {
         let guard = backend.load(i).map(|l| l.start());
         let timeout = backend.balance.request_timeout.unwrap_or(self.config.upstream_timeout);
-        let upstream = self.client_for(backend.balance.connect_timeout);
-        let result = self.forward(&upstream, req, &backend.endpoints[i], client, guard, timeout).await;
+        let upgrade = upgrade::requested(&req).is_some();
+        let upstream = Upstream {
+            client: self.client_for(backend.balance.connect_timeout, protocol, upgrade),
+            protocol,
+            endpoint: &backend.endpoints[i],
+        };
+        let result = self.forward(upstream, req, client, guard, timeout).await;
         if let Err(err) = &result {
             self.metrics.upstream_errors.with_label_values(&[err.kind()]).inc();
         }
@@ -385,9 +412,8 @@ impl Proxy {
 
     async fn forward(
         &self,
-        upstream: &UpstreamClient,
+        upstream: Upstream<'_>,
         mut req: Request<UpstreamBody>,
-        endpoint: &Endpoint,
         client: ClientInfo,
         guard: Option<InFlightGuard>,
         timeout: Duration,
@@ -396,16 +422,18 @@ impl Proxy {
         let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        headers::prepare_request(&mut parts, upgrade.clone(), client);
+        let http2 = upstream.protocol.http2() && upgrade.is_none();
+        headers::prepare_request(&mut parts, upgrade.clone(), client, http2);
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let endpoint = upstream.endpoint;
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
+        uri.scheme = Some(if upstream.protocol.tls() { Scheme::HTTPS } else { Scheme::HTTP });
         uri.authority = Some(endpoint.authority.clone());
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-        parts.version = Version::HTTP_11;
+        parts.version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
 
-        let sent = tokio::time::timeout(timeout, upstream.request(Request::from_parts(parts, body)));
+        let sent = tokio::time::timeout(timeout, upstream.client.request(Request::from_parts(parts, body)));
         let mut resp = match sent.await {
             Err(_elapsed) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(err)) if err.is_connect() => return Err(ForwardError::Connect),
@@ -431,17 +459,12 @@ impl Proxy {
     }
 }
 
-type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-fn upstream_client(connect_timeout: Duration, pool_idle_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(pool_idle_timeout)
-        .build(connector)
+/// Where one attempt goes: the endpoint, and the client for the route's
+/// protocol.
+struct Upstream<'a> {
+    client: UpstreamClient,
+    protocol: UpstreamProtocol,
+    endpoint: &'a Endpoint,
 }
 
 /// RFC 9110 §9.2.2.
