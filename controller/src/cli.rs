@@ -153,6 +153,12 @@ pub struct ClassArgs {
     /// (default: a self-signed certificate made at start).
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key)]
     pub default_ssl_certificate: Option<crate::world::ObjectKey>,
+    /// ConfigMap of L4 TCP services, the ingress-nginx convention: each
+    /// entry `"PORT": "NAMESPACE/SERVICE:SERVICE_PORT"` opens a TCP listener
+    /// on PORT that relays connections to the Service's endpoints. In
+    /// standalone mode the ConfigMap is read from the manifest directory.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_object_key)]
+    pub tcp_services_configmap: Option<crate::world::ObjectKey>,
 }
 
 impl ClassArgs {
@@ -162,6 +168,7 @@ impl ClassArgs {
             controller_name: self.controller_name.clone(),
             watch_without_class: self.watch_ingress_without_class,
             default_certificate: self.default_ssl_certificate.clone(),
+            tcp_services: self.tcp_services_configmap.clone(),
         }
     }
 }

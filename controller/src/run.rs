@@ -35,8 +35,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
 
     let default_certificate = args.classes.default_ssl_certificate.clone();
+    let tcp_services = args.classes.tcp_services_configmap.as_ref();
     let (stores, mut changes) =
-        Stores::start(&client, args.watch_namespace.as_deref(), default_certificate, &mut tasks);
+        Stores::start(&client, args.watch_namespace.as_deref(), default_certificate, tcp_services, &mut tasks);
 
     let (leading_tx, leading_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -6,7 +6,9 @@
 //!    Service's endpoints and load balancers catch up meanwhile);
 //! 2. the listeners close; idle keep-alive connections close, HTTP/2 ones
 //!    get GOAWAY, in-flight requests and WebSockets get `--drain-timeout`;
-//! 3. WebSockets still open get a Close frame (1001, going away);
+//! 3. WebSockets still open get a Close frame (1001, going away); TCP
+//!    service ports close with the other listeners and their connections
+//!    get the same `--drain-timeout`;
 //! 4. the process exits 0. A second signal skips what is left.
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use switchyard_dataplane::listener::audit::HeadLimits;
 use switchyard_dataplane::listener::{Drain, ListenerConfig, TlsTermination, serve_http, serve_https};
 use switchyard_dataplane::metrics::Metrics;
 use switchyard_dataplane::proxy::{AccessLog, AccessLogTarget, Proxy, ProxyConfig, client_tls_config, parse_ca_pem};
+use switchyard_dataplane::tcp::{TcpConfig, TcpServices};
 use switchyard_dataplane::tls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -101,9 +104,15 @@ impl Dataplane {
                 ),
                 snapshots: self.snapshots.clone(),
                 handshake_timeout: self.args.header_read_timeout,
+                connect_timeout: self.args.connect_timeout,
             };
             tokio::spawn(serve_https(listener, proxy.clone(), listener_config.clone(), drain.clone(), tls))
         });
+        // TCP service ports open on the HTTP listener's address.
+        let tcp_config = TcpConfig { bind_ip: self.args.http_addr.ip(), connect_timeout: self.args.connect_timeout };
+        let tcp_services = TcpServices::new(self.snapshots.clone(), self.metrics.clone(), tcp_config);
+        let (stop_tcp, tcp_stopped) = watch::channel(false);
+        let tcp_task = tokio::spawn(tcp_services.clone().run(tcp_stopped));
         let http_task = tokio::spawn(serve_http(self.http, proxy, listener_config, drain.clone()));
         let admin_task = tokio::spawn(serve_admin(self.admin, admin_state.clone(), wait_for(admin_stopped)));
 
@@ -116,10 +125,19 @@ impl Dataplane {
             tokio::time::sleep(self.args.shutdown_delay).await;
             tracing::info!(drain = ?self.args.drain_timeout, "shutdown delay over: no longer accepting");
             drain.stop_accepting();
-            if let Some(task) = https_task {
-                task.await.context("HTTPS listener task")?;
-            }
-            http_task.await.context("HTTP listener task")
+            let _ = stop_tcp.send(true);
+            tcp_task.await.context("TCP services task")?;
+            let (https, http, ()) = tokio::join!(
+                async {
+                    match https_task {
+                        Some(task) => task.await.context("HTTPS listener task"),
+                        None => Ok(()),
+                    }
+                },
+                async { http_task.await.context("HTTP listener task") },
+                tcp_services.drain(self.args.drain_timeout),
+            );
+            https.and(http)
         };
         tokio::select! {
             done = sequence => done?,

@@ -232,6 +232,12 @@ impl StatusWriter {
                     let r = ObjectRef::new(&d.object.name).within(&d.object.namespace);
                     self.stores.policies.get(&r).map(|o| o.object_ref(&()))
                 }
+                // The TCP services ConfigMap (when it exists: a missing one
+                // is only logged).
+                "ConfigMap" => self.stores.tcp_services.as_ref().and_then(|store| {
+                    let r = ObjectRef::new(&d.object.name).within(&d.object.namespace);
+                    store.get(&r).map(|o| o.object_ref(&()))
+                }),
                 _ => None,
             };
             let Some(reference) = reference else { continue };

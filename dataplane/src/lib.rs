@@ -13,12 +13,14 @@ pub mod balance;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod passthrough;
 pub mod proxy;
 pub mod router;
 pub mod snapshot;
+pub mod tcp;
 pub mod tls;
 
 pub use snapshot::{
-    AffinityCookie, Backend, BalanceConfig, Endpoint, HashOn, PathKind, Route, Snapshot, SnapshotHandle,
+    AffinityCookie, Backend, BalanceConfig, Endpoint, HashOn, PathKind, Route, Snapshot, SnapshotHandle, TcpService,
     affinity_digest,
 };

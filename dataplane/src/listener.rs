@@ -7,14 +7,20 @@
 //! head, idle keep-alive); at most `max_connections` are served at once.
 //! With `proxy_protocol`, each connection first gives its client's address
 //! in a PROXY header (see [`proxy_protocol`]).
+//!
+//! On the HTTPS listener, while some host is passed through (see
+//! [`crate::passthrough`]), each ClientHello is first [`peek`]ed: a
+//! passthrough SNI sends the connection, unread, to its backend
+//! ([`crate::tcp`]); any other is terminated.
 
 pub mod audit;
 mod conn_io;
+mod peek;
 pub mod proxy_protocol;
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,8 +32,13 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus::IntCounter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::proxy::{ConnInfo, ConnState, GOING_AWAY_GRACE, Proxy, RequestGuard};
+use crate::snapshot::Snapshot;
+use crate::tcp;
+use crate::tls::Selected;
 use audit::{Audit, HeadLimits};
 use conn_io::{AuditedIo, ConnTimeouts};
 
@@ -80,8 +91,9 @@ impl Default for ListenerConfig {
 /// 2. [`stop_accepting`](Self::stop_accepting): the listener closes
 ///    (connections the kernel already completed are still served), idle
 ///    keep-alive connections close, HTTP/2 connections get GOAWAY, and
-///    in-flight requests and WebSockets get `drain_timeout` to finish;
-///    WebSockets still open then get a Close frame (1001).
+///    in-flight requests, WebSockets and TLS passthrough connections get
+///    `drain_timeout` to finish; WebSockets still open then get a Close
+///    frame (1001), passthrough connections are closed.
 #[derive(Clone, Debug)]
 pub struct Drain {
     shared: Arc<DrainShared>,
@@ -142,13 +154,15 @@ pub async fn serve_https(
 }
 
 /// TLS on a listener: the rustls configuration (its resolver picks each
-/// handshake's certificate from the snapshot in force) and the bound on a
-/// handshake's duration.
+/// handshake's certificate from the snapshot in force), the bound on a
+/// handshake's duration (the ClientHello peek included), and the connect
+/// timeout toward passthrough backends (unless their policy sets one).
 #[derive(Clone)]
 pub struct TlsTermination {
     pub config: Arc<rustls::ServerConfig>,
     pub snapshots: Arc<crate::SnapshotHandle>,
     pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
 }
 
 async fn serve(
@@ -177,6 +191,7 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     let slots = Arc::new(Semaphore::new(config.max_connections.unwrap_or(Semaphore::MAX_PERMITS)));
+    let relays = Arc::new(Relays::default());
     let conns = Arc::new(Connections {
         builder,
         proxy: proxy.clone(),
@@ -184,6 +199,7 @@ async fn serve(
         drain: drain.clone(),
         truncated: proxy.metrics().upstream_errors.with_label_values(&["truncated"]),
         tls,
+        relays: relays.clone(),
     });
     let stopped = drain.stopped();
     tokio::pin!(stopped);
@@ -219,16 +235,89 @@ async fn serve(
     drop(listener);
     drop(conns);
     let tunnels = proxy.tunnels().clone();
-    tracing::info!(?local, late, tunnels = tunnels.open(), "listener closed; draining connections");
+    tracing::info!(
+        ?local,
+        late,
+        tunnels = tunnels.open(),
+        passthrough = relays.open(),
+        "listener closed; draining connections"
+    );
     let drained = async {
+        // Connections still peeking register their relay before they stop
+        // being watched: once these are done, every relay is known.
         graceful.shutdown().await;
         tunnels.all_closed().await;
+        relays.all_closed().await;
     };
     if tokio::time::timeout(config.drain_timeout, drained).await.is_err() {
         tracing::warn!(?local, timeout = ?config.drain_timeout, tunnels = tunnels.open(),
-            "drain deadline reached; closing WebSockets (1001) and remaining connections");
+            passthrough = relays.open(),
+            "drain deadline reached; closing WebSockets (1001), passthrough and remaining connections");
+        relays.close();
         tunnels.go_away();
         let _ = tokio::time::timeout(GOING_AWAY_GRACE, tunnels.all_closed()).await;
+    }
+}
+
+// === impl Relays ===
+
+/// The TLS passthrough connections of one listener, for the drain: it
+/// waits for them as for WebSockets, and closes those still open at its
+/// deadline.
+#[derive(Debug)]
+struct Relays {
+    /// `None` once closed by the drain: later relays are refused.
+    tasks: Mutex<Option<JoinSet<()>>>,
+}
+
+impl Default for Relays {
+    fn default() -> Self {
+        Self { tasks: Mutex::new(Some(JoinSet::new())) }
+    }
+}
+
+impl Relays {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<JoinSet<()>>> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `relay` as a task of the set; false (and not run) once closed.
+    fn spawn(&self, relay: impl Future<Output = ()> + Send + 'static) -> bool {
+        let mut tasks = self.lock();
+        let Some(tasks) = tasks.as_mut() else { return false };
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(relay);
+        true
+    }
+
+    /// Relays open now.
+    fn open(&self) -> usize {
+        let mut tasks = self.lock();
+        let Some(tasks) = tasks.as_mut() else { return 0 };
+        while tasks.try_join_next().is_some() {}
+        tasks.len()
+    }
+
+    /// Resolves when every relay registered so far has ended.
+    async fn all_closed(&self) {
+        std::future::poll_fn(|cx| {
+            let mut tasks = self.lock();
+            let Some(tasks) = tasks.as_mut() else { return Poll::Ready(()) };
+            loop {
+                match tasks.poll_join_next(cx) {
+                    Poll::Ready(Some(_)) => continue,
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Closes every relay (their tasks are aborted) and refuses new ones.
+    fn close(&self) {
+        let tasks = self.lock().take();
+        drop(tasks);
     }
 }
 
@@ -251,6 +340,7 @@ struct Connections {
     drain: Drain,
     truncated: IntCounter,
     tls: Option<TlsTermination>,
+    relays: Arc<Relays>,
 }
 
 impl Connections {
@@ -276,7 +366,8 @@ impl Connections {
     }
 
     /// Reads the PROXY header (if required) and completes the TLS
-    /// handshake (if any), then serves the connection.
+    /// handshake (if any), then serves the connection; or, for a
+    /// passthrough SNI, hands it to a relay.
     async fn prepare(
         self: Arc<Self>,
         watcher: Watcher,
@@ -298,7 +389,27 @@ impl Connections {
             return self.serve_io(watcher, stream, conn_info, slot);
         };
         let metrics = self.proxy.metrics().clone();
-        let handshake = tokio::time::timeout(tls.handshake_timeout, handshake(stream, tls, &metrics));
+        // One bound for the ClientHello peek and the handshake.
+        let deadline = Instant::now() + tls.handshake_timeout;
+        if !tls.snapshots.load().passthrough.is_empty() {
+            match tokio::time::timeout_at(deadline, peek::server_name(&stream)).await {
+                Ok(Some(sni)) => {
+                    let snapshot = tls.snapshots.load();
+                    if let Some(backend) = passthrough_backend(&snapshot, &sni) {
+                        let relay = Relay { snapshot, backend, sni, connect_timeout: tls.connect_timeout };
+                        return self.pass_through(watcher, stream, conn_info, slot, relay);
+                    }
+                }
+                // No SNI, or not a ClientHello: the handshake reports it.
+                Ok(None) => {}
+                Err(_) => {
+                    metrics.tls_handshakes.with_label_values(&["", "timeout"]).inc();
+                    tracing::debug!(peer = %conn_info.peer, "TLS ClientHello timed out");
+                    return;
+                }
+            }
+        }
+        let handshake = tokio::time::timeout_at(deadline, handshake(stream, tls, &metrics));
         match handshake.await {
             Ok(Some(stream)) => self.serve_io(watcher, stream, conn_info, slot),
             Ok(None) => {}
@@ -307,6 +418,47 @@ impl Connections {
                 tracing::debug!(peer = %conn_info.peer, "TLS handshake timed out");
             }
         }
+    }
+
+    /// Relays a TLS passthrough connection (its ClientHello still unread)
+    /// to an endpoint of its backend, in a task the drain knows of. The
+    /// connection keeps its slot while it lasts.
+    fn pass_through(
+        &self,
+        watcher: Watcher,
+        stream: TcpStream,
+        conn_info: ConnInfo,
+        slot: Option<OwnedSemaphorePermit>,
+        relay: Relay,
+    ) {
+        let metrics = self.proxy.metrics().clone();
+        let peer = conn_info.peer;
+        let task = async move {
+            let _slot = slot;
+            let Relay { snapshot, backend, sni, connect_timeout } = relay;
+            let service = snapshot.backends[backend].service.clone();
+            metrics.tcp_connections.with_label_values(&[&*service]).inc();
+            let connected = tcp::connect(&snapshot, backend, peer.ip(), connect_timeout, &metrics).await;
+            // The connection outlives configuration changes: hold no snapshot.
+            drop(snapshot);
+            match connected {
+                Ok(upstream) => {
+                    let endpoint = upstream.endpoint;
+                    tracing::debug!(%peer, %sni, %service, %endpoint, "TLS passthrough");
+                    if let Err(err) = tcp::relay(stream, upstream, &metrics).await {
+                        tracing::debug!(%peer, %sni, %endpoint, error = %err, "TLS passthrough ended with an error");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%peer, %sni, error = %err, "TLS passthrough connection refused: no endpoint");
+                }
+            }
+        };
+        if !self.relays.spawn(task) {
+            tracing::debug!(%peer, "TLS passthrough refused: the listener is closing");
+        }
+        // Only now: the drain, once no connection is watched, knows every relay.
+        drop(watcher);
     }
 
     fn serve_io<S>(&self, watcher: Watcher, stream: S, conn_info: ConnInfo, slot: Option<OwnedSemaphorePermit>)
@@ -343,6 +495,25 @@ impl Connections {
             }
         });
     }
+}
+
+/// Where a passthrough connection goes: the backend of the snapshot it
+/// was looked up in.
+struct Relay {
+    snapshot: Arc<Snapshot>,
+    backend: usize,
+    sni: String,
+    connect_timeout: Duration,
+}
+
+/// The backend `sni` is passed through to, if any. Exact hosts win over
+/// wildcards across both tables: a wildcard passthrough host yields to a
+/// certificate bound to the exact host (that host is terminated).
+fn passthrough_backend(snapshot: &Snapshot, sni: &str) -> Option<usize> {
+    let matched = snapshot.passthrough.matched(sni)?;
+    let exact_cert =
+        matches!(snapshot.tls.lookup(Some(sni)), Some((_, Selected::Host(host))) if !host.starts_with("*."));
+    (!matched.wildcard || !exact_cert).then_some(matched.backend)
 }
 
 /// A response body that keeps its request counted on the connection until

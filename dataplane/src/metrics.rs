@@ -54,6 +54,15 @@ pub struct Metrics {
     /// `switchyard_tls_certificate_expiry_timestamp_seconds{secret}`:
     /// `notAfter` of each served certificate, as of the latest snapshot.
     pub tls_certificate_expiry: prometheus::IntGaugeVec,
+    /// `switchyard_tcp_connections_total{service}`: connections relayed
+    /// at L4 (TCP services and TLS passthrough), counted when accepted.
+    pub tcp_connections: IntCounterVec,
+    /// `switchyard_tcp_active_connections{service}`
+    pub tcp_active: prometheus::IntGaugeVec,
+    /// `switchyard_tcp_received_bytes_total{service}`: from clients.
+    pub tcp_received_bytes: IntCounterVec,
+    /// `switchyard_tcp_sent_bytes_total{service}`: to clients.
+    pub tcp_sent_bytes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -171,6 +180,35 @@ impl Metrics {
             &["secret"],
         )
         .expect("valid metric");
+        let tcp_connections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tcp_connections_total",
+                "Connections relayed at L4 (TCP services, TLS passthrough), by service.",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
+        let tcp_active = prometheus::IntGaugeVec::new(
+            Opts::new("switchyard_tcp_active_connections", "L4 connections open now, by service."),
+            &["service"],
+        )
+        .expect("valid metric");
+        let tcp_received_bytes = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tcp_received_bytes_total",
+                "Bytes received from clients on L4 connections, by service (counted as they pass).",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
+        let tcp_sent_bytes = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tcp_sent_bytes_total",
+                "Bytes sent to clients on L4 connections, by service (counted as they pass).",
+            ),
+            &["service"],
+        )
+        .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "switchyard_upstream_errors_total",
@@ -197,6 +235,10 @@ impl Metrics {
             Box::new(rejected_objects.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(tcp_connections.clone()),
+            Box::new(tcp_active.clone()),
+            Box::new(tcp_received_bytes.clone()),
+            Box::new(tcp_sent_bytes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -219,6 +261,10 @@ impl Metrics {
             endpoint_healthy,
             upstream_errors,
             access_log_dropped,
+            tcp_connections,
+            tcp_active,
+            tcp_received_bytes,
+            tcp_sent_bytes,
         }
     }
 

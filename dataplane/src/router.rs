@@ -260,7 +260,7 @@ pub fn strip_port(host: &str) -> Option<&str> {
 }
 
 /// Lowercase RFC 1123 labels separated by dots (no wildcard).
-fn valid_dns_name(name: &str) -> bool {
+pub(crate) fn valid_dns_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {

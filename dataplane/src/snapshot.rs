@@ -28,6 +28,23 @@ pub struct Snapshot {
     pub backends: Vec<Backend>,
     /// Certificates for the HTTPS listener, by host.
     pub tls: crate::tls::TlsCerts,
+    /// TLS passthrough: hosts whose TLS connections go, unterminated, to a
+    /// backend (Ingresses annotated `switchyard.dev/ssl-passthrough`).
+    pub passthrough: crate::passthrough::PassthroughHosts,
+    /// L4 TCP services (`--tcp-services-configmap`), sorted by port.
+    pub tcp_services: Vec<TcpService>,
+}
+
+/// One L4 TCP service: a listening port whose connections are proxied, as
+/// bytes, to a backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TcpService {
+    /// The port the proxy listens on.
+    pub port: u16,
+    /// Index into [`Snapshot::backends`].
+    pub backend: usize,
+    /// `namespace/service:port`, as the ConfigMap entry names it.
+    pub target: Arc<str>,
 }
 
 /// How a route's path is compared with the request path.
@@ -404,6 +421,8 @@ pub struct SnapshotHandle {
     loads: LoadRegistry,
     health: HealthRegistry,
     ready: AtomicBool,
+    /// The generation last published, for tasks that follow changes.
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for SnapshotHandle {
@@ -414,6 +433,7 @@ impl Default for SnapshotHandle {
             loads: LoadRegistry::new(),
             health: HealthRegistry::default(),
             ready: AtomicBool::new(false),
+            published: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -437,6 +457,7 @@ impl SnapshotHandle {
         self.health.mark_started();
         self.current.store(Arc::new(snapshot));
         self.ready.store(true, Ordering::Release);
+        self.published.send_replace(generation);
         generation
     }
 
@@ -447,5 +468,10 @@ impl SnapshotHandle {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Changes each time a snapshot is published (to the generation).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 }

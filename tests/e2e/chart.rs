@@ -156,6 +156,9 @@ async fn chart_lints_renders_the_checked_in_manifest_and_its_schema_rejects_bad_
         ("controller.tlsMinVersion=1.1", "/controller/tlsMinVersion"),
         ("controller.defaultSSLCertificate=no-slash", "/controller/defaultSSLCertificate"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
+        ("tcpServices.99999=db/pg:5432", "99999"),
+        ("tcpServices.5432=no-namespace:5432", "/tcpServices/5432"),
+        ("controller.proxyProtocol=maybe", "/controller/proxyProtocol"),
     ] {
         let (ok, _, err) = helm.run(&["template", "x", CHART, "--set", set]);
         assert!(!ok && err.contains(complaint), "--set {set} must be rejected naming {complaint}; stderr:\n{err}");
@@ -201,10 +204,13 @@ async fn chart_installs_and_its_service_account_runs_the_controller() {
     // Cluster-scoped names (ClusterRole, IngressClass) are unique to this run.
     let release = release_ns.clone();
     let class = format!("{release_ns}-class");
+    // A TCP service: its port is bound by the test's controller process.
+    let tcp_port = free_addr().port();
     let values = [
         format!("ingressClass.name={class}"),
         format!("controller.watchNamespace={app_ns}"),
         "controller.leaseDuration=5s".to_string(),
+        format!("tcpServices.{tcp_port}={app_ns}/web:80"),
     ];
     let mut install = vec!["install", &release, CHART, "--namespace", &release_ns];
     for v in &values {
@@ -234,6 +240,7 @@ async fn chart_installs_and_its_service_account_runs_the_controller() {
         format!("role.rbac.authorization.k8s.io/{release}-switchyard"),
         format!("ingressclass.networking.k8s.io/{class}"),
         format!("poddisruptionbudget.policy/{release}-switchyard"),
+        format!("configmap/{release}-switchyard-tcp-services"),
     ] {
         assert!(names.contains(&expected.as_str()), "{expected} not installed:\n{listed}");
     }
@@ -307,9 +314,15 @@ async fn chart_installs_and_its_service_account_runs_the_controller() {
         "spec": {"targetRef": {"kind": "Service", "name": "web"}, "algorithm": "LeastConnections"}});
     c.apply::<BalancerPolicy>(Some(&app_ns), policy).await;
 
-    // Watches and serves.
+    // Watches and serves, the TCP service too (the chart's ConfigMap, read
+    // by the ServiceAccount).
     let backend = wait_for("traffic served", WAIT, || async { backend_of(ctl.http, "chart.test").await }).await;
     assert_eq!(backend, "web-1");
+    let backend = wait_for("TCP service served", WAIT, || backend_over_tcp(tcp_port)).await;
+    assert_eq!(backend, "web-1");
+    let service = svc.get(&fullname).await.unwrap();
+    let ports: Vec<i32> = service.spec.unwrap().ports.unwrap().iter().map(|p| p.port).collect();
+    assert!(ports.contains(&i32::from(tcp_port)), "the Service exposes the TCP service port: {ports:?}");
     // Takes the Lease in its own namespace.
     let holder = wait_for("Lease held", WAIT, || async {
         let lease =
@@ -341,6 +354,14 @@ async fn chart_installs_and_its_service_account_runs_the_controller() {
     // ... and no more than that.
     let sa = client_for(&sa_kubeconfig).await;
     forbidden("list ConfigMaps cluster-wide", Api::<ConfigMap>::all(sa.clone()).list(&ListParams::default()).await);
+    forbidden(
+        "list ConfigMaps in its namespace",
+        Api::<ConfigMap>::namespaced(sa.clone(), &release_ns).list(&ListParams::default()).await,
+    );
+    forbidden(
+        "read another ConfigMap in its namespace",
+        Api::<ConfigMap>::namespaced(sa.clone(), &release_ns).get("kube-root-ca.crt").await,
+    );
     let secret: Secret =
         serde_json::from_value(json!({"metadata": {"name": "stolen"}, "stringData": {"k": "v"}})).unwrap();
     forbidden(

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use support::raw::{RawClient, RawResponse};
+use support::raw::{RawClient, RawResponse, proxy_v2_header};
 use support::tls::{Ca, tls_secret};
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -49,30 +49,6 @@ async fn start(ca: &Ca, flags: &[&str]) -> (Switchyard, SocketAddr) {
     let mut all = vec!["--https-addr", https_flag.as_str()];
     all.extend_from_slice(flags);
     (Switchyard::start_with(&[("m.yaml", &manifests)], &all).await, https)
-}
-
-/// A v2 `PROXY` header for a TCP connection from `source` (IPv4 or IPv6;
-/// the destination is of the same family).
-fn v2_proxy(source: SocketAddr) -> Vec<u8> {
-    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    header.push(0x21); // version 2, PROXY
-    let addresses = match source {
-        SocketAddr::V4(s) => {
-            header.push(0x11); // IPv4, stream
-            [s.ip().octets().as_slice(), &[198, 18, 0, 1], &s.port().to_be_bytes(), &80u16.to_be_bytes()].concat()
-        }
-        SocketAddr::V6(s) => {
-            header.push(0x21); // IPv6, stream
-            let dst: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
-            [s.ip().octets().as_slice(), &dst.octets(), &s.port().to_be_bytes(), &80u16.to_be_bytes()].concat()
-        }
-    };
-    // A TLV (type 0x04, NOOP) such as balancers add; it is skipped.
-    let tlv = [0x04, 0x00, 0x02, 0xAB, 0xCD];
-    header.extend_from_slice(&u16::try_from(addresses.len() + tlv.len()).unwrap().to_be_bytes());
-    header.extend_from_slice(&addresses);
-    header.extend_from_slice(&tlv);
-    header
 }
 
 /// A v2 `LOCAL` header (a balancer's own health check), with no addresses.
@@ -109,14 +85,14 @@ async fn the_header_source_is_the_client_on_http_and_https() {
     let (proxy, https) = start(&ca, &["--proxy-protocol"]).await;
 
     // v2 with an IPv4 source.
-    let resp = request_after(&proxy, &v2_proxy("198.18.0.7:40000".parse().unwrap())).await;
+    let resp = request_after(&proxy, &proxy_v2_header("198.18.0.7:40000".parse().unwrap())).await;
     assert_eq!(seen(&resp), pair("198.18.0.7"), "v2 IPv4");
 
     // v1 with an IPv6 source.
     let v1 = b"PROXY TCP6 2001:db8::7 2001:db8::1 40000 80\r\n";
     assert_eq!(seen(&request_after(&proxy, v1).await), pair("2001:db8::7"), "v1 IPv6");
     // v2 with an IPv6 source.
-    let v2 = v2_proxy("[2001:db8::8]:40000".parse().unwrap());
+    let v2 = proxy_v2_header("[2001:db8::8]:40000".parse().unwrap());
     assert_eq!(seen(&request_after(&proxy, &v2).await), pair("2001:db8::8"), "v2 IPv6");
 
     // One header, then two requests on the same keep-alive connection.
@@ -134,7 +110,7 @@ async fn the_header_source_is_the_client_on_http_and_https() {
 
     // HTTPS: the header, then the TLS handshake on the same connection.
     let mut tcp = TcpStream::connect(https).await.unwrap();
-    tcp.write_all(&v2_proxy("198.18.0.11:40000".parse().unwrap())).await.unwrap();
+    tcp.write_all(&proxy_v2_header("198.18.0.11:40000".parse().unwrap())).await.unwrap();
     let tls = tls_connector(&ca).connect("s.test".try_into().unwrap(), tcp).await.expect("TLS after the header");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
@@ -163,7 +139,7 @@ async fn connections_without_a_valid_header_are_closed_unanswered() {
 
     closed_unanswered(get("a.test").into_bytes(), "no header").await;
     closed_unanswered([b"PROXY TCP4 nonsense\r\n".as_slice(), get("a.test").as_bytes()].concat(), "bad v1").await;
-    let mut bad_v2 = v2_proxy("198.18.0.7:40000".parse().unwrap());
+    let mut bad_v2 = proxy_v2_header("198.18.0.7:40000".parse().unwrap());
     bad_v2[12] = 0x31; // version 3
     closed_unanswered([bad_v2.as_slice(), get("a.test").as_bytes()].concat(), "bad v2 version").await;
     let mut too_big = v2_local();
@@ -179,7 +155,7 @@ async fn connections_without_a_valid_header_are_closed_unanswered() {
     assert!(tls_connector(&ca).connect("s.test".try_into().unwrap(), tcp).await.is_err(), "TLS without a header");
 
     // The proxy still serves well-formed connections.
-    let resp = request_after(&proxy, &v2_proxy("198.18.0.7:40000".parse().unwrap())).await;
+    let resp = request_after(&proxy, &proxy_v2_header("198.18.0.7:40000".parse().unwrap())).await;
     assert_eq!(seen(&resp), pair("198.18.0.7"));
 }
 

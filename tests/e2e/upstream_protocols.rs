@@ -9,23 +9,18 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::tls::{Ca, Leaf};
+use support::backends::{check, grpc_client, loopback, serve_grpc, serve_https, server_tls};
+use support::tls::Ca;
 use support::*;
-use tokio::net::TcpListener;
-use tonic::codegen::Service as _;
 use tonic_health::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::{HealthCheckRequest, health_check_response};
+use tonic_health::pb::health_check_response;
 
 const NS: &str = "proto";
 
@@ -43,107 +38,6 @@ fn ingress(name: &str, host: &str, svc: &str, protocol: Option<&str>) -> String 
 
 fn backend(svc: &str, addr: SocketAddr) -> String {
     service(NS, svc) + &endpoint_slice(NS, svc, &[(format!("{svc}-1"), addr)])
-}
-
-/// A rustls server configuration for `leaf`, offering `alpn`.
-fn server_tls(leaf: &Leaf, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).map(Result::unwrap);
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain.collect(), key)
-        .unwrap();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
-}
-
-/// An HTTPS (TLS, HTTP/1.1 and h2) backend that answers JSON naming the
-/// HTTP version and ALPN it saw.
-async fn start_https_backend(leaf: &Leaf) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_tls(leaf, &[b"h2", b"http/1.1"]));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let body = serde_json::json!({
-                        "tls": true,
-                        "alpn": alpn,
-                        "version": format!("{:?}", req.version()),
-                        "host": req.headers().get("host").map(|h| h.to_str().unwrap().to_string()),
-                        "x-forwarded-proto": req.headers().get("x-forwarded-proto").map(|h| h.to_str().unwrap().to_string()),
-                    });
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string())))) }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
-            });
-        }
-    });
-    addr
-}
-
-/// A gRPC server (grpc.health.v1 from tonic-health) over HTTP/2: h2c, or
-/// TLS with ALPN `h2` when `tls` is given. Returns its address and the
-/// reporter that sets the statuses it serves.
-async fn start_grpc_backend(
-    tls: Option<Arc<rustls::ServerConfig>>,
-) -> (SocketAddr, tonic_health::server::HealthReporter) {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("switchyard.test", ServingStatus::Serving).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
-            let (health, tls) = (health.clone(), tls.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let mut health = health.clone();
-                    async move { health.call(req).await }
-                });
-                let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                match tls {
-                    Some(config) => {
-                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else { return };
-                        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the proxy offers h2");
-                        let _ = h2.serve_connection(TokioIo::new(stream), svc).await;
-                    }
-                    None => {
-                        let _ = h2.serve_connection(TokioIo::new(tcp), svc).await;
-                    }
-                }
-            });
-        }
-    });
-    (addr, reporter)
-}
-
-/// A gRPC health client through the proxy's plain listener (h2c), with
-/// `:authority` set to `host` (the route's host).
-async fn grpc_client(proxy: SocketAddr, host: &str) -> HealthClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))
-        .unwrap()
-        .origin(format!("http://{host}").parse().unwrap())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-}
-
-fn check(service: &str) -> HealthCheckRequest {
-    HealthCheckRequest { service: service.to_string() }
 }
 
 /// A unary Check sent as raw HTTP/2 through the proxy (h2c), returning the
@@ -179,9 +73,11 @@ async fn raw_grpc_check(proxy: SocketAddr, host: &str) -> (http::HeaderMap, Byte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_streaming_status_and_trailers_through_the_proxy() {
-    let (grpc, reporter) = start_grpc_backend(None).await;
+    let (grpc_listener, grpcs_listener) = (loopback().await, loopback().await);
+    let (grpc, grpcs) = (grpc_listener.local_addr().unwrap(), grpcs_listener.local_addr().unwrap());
+    let reporter = serve_grpc(grpc_listener, None).await;
     let ca = Ca::new();
-    let (grpcs, _reporter_tls) = start_grpc_backend(Some(server_tls(&ca.leaf(&["grpcs.internal"]), &[b"h2"]))).await;
+    let _reporter_tls = serve_grpc(grpcs_listener, Some(server_tls(&ca.leaf(&["grpcs.internal"]), &[b"h2"]))).await;
     let files = backend("grpc", grpc)
         + &backend("grpcs", grpcs)
         + &ingress("g", "grpc.test", "grpc", Some("GRPC"))
@@ -224,7 +120,7 @@ async fn grpc_unary_streaming_status_and_trailers_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_h2c_backends_and_upstream_ca_verification() {
     let ca = Ca::new();
-    let https = start_https_backend(&ca.leaf(&["web.internal"])).await;
+    let https = serve_https(loopback().await, &ca.leaf(&["web.internal"]), "secure-1", &[b"h2", b"http/1.1"]);
     let files = backend("secure", https)
         + &backend("h2", start_echo("h2-1").await)
         + &backend("plain", start_echo("plain-1").await)

@@ -190,3 +190,21 @@ pub fn kubectl(kubeconfig: &std::path::Path, cache_dir: &std::path::Path, args: 
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
+
+/// The echo backend that answered a plain HTTP/1.1 request sent as raw
+/// bytes over a TCP service port (`None` if the port refused or closed).
+pub async fn backend_over_tcp(port: u16) -> Option<String> {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET / HTTP/1.1\r\nHost: tcp.test\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut reply))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&reply);
+    let body = text.split_once("\r\n\r\n")?.1;
+    let json: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    json["backend"].as_str().map(String::from)
+}

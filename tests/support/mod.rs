@@ -17,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 #[allow(unused_imports)]
 pub use switchyard_controller::demo::endpoint_slice;
 
+pub mod backends;
 pub mod cluster;
 pub mod netns;
 pub mod raw;

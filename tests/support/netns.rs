@@ -89,6 +89,30 @@ impl Netns {
         addr
     }
 
+    /// A TCP listener bound to `addr` inside the namespace, for a backend
+    /// served in this process (a socket stays in the namespace it was made
+    /// in; only the binding thread enters it).
+    pub fn bind(&self, addr: SocketAddr) -> std::net::TcpListener {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    use std::os::fd::AsFd;
+                    let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                    rustix::thread::move_into_link_name_space(
+                        ns.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
+                    let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                    listener.set_nonblocking(true).unwrap();
+                    listener
+                })
+                .join()
+                .expect("the binding thread")
+        })
+    }
+
     /// Kills the backend `name` (its port then refuses connections).
     pub fn stop_echo(&mut self, name: &str) {
         if let Some(pos) = self.backends.iter().position(|(n, _)| n == name) {

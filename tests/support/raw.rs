@@ -266,3 +266,27 @@ impl RawClient {
         }
     }
 }
+
+/// A v2 `PROXY` header for a TCP connection from `source` (IPv4 or IPv6;
+/// the destination is of the same family).
+pub fn proxy_v2_header(source: SocketAddr) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.push(0x21); // version 2, PROXY
+    let addresses = match source {
+        SocketAddr::V4(s) => {
+            header.push(0x11); // IPv4, stream
+            [s.ip().octets().as_slice(), &[198, 18, 0, 1], &s.port().to_be_bytes(), &80u16.to_be_bytes()].concat()
+        }
+        SocketAddr::V6(s) => {
+            header.push(0x21); // IPv6, stream
+            let dst: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+            [s.ip().octets().as_slice(), &dst.octets(), &s.port().to_be_bytes(), &80u16.to_be_bytes()].concat()
+        }
+    };
+    // A TLV (type 0x04, NOOP) such as balancers add; it is skipped.
+    let tlv = [0x04, 0x00, 0x02, 0xAB, 0xCD];
+    header.extend_from_slice(&u16::try_from(addresses.len() + tlv.len()).unwrap().to_be_bytes());
+    header.extend_from_slice(&addresses);
+    header.extend_from_slice(&tlv);
+    header
+}

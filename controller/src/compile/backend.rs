@@ -46,9 +46,21 @@ impl<'w> Backends<'w> {
     }
 
     /// The index of the backend for `svc` in `namespace`, building it on
-    /// first use. Problems are reported against `referrer`.
+    /// first use. Problems are reported against the Ingress `referrer`.
     pub(super) fn resolve(
         &mut self,
+        referrer: &ObjectKey,
+        namespace: &str,
+        svc: &IngressServiceBackend,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> usize {
+        self.resolve_for("Ingress", referrer, namespace, svc, diagnostics)
+    }
+
+    /// [`resolve`](Self::resolve), reporting against an object of `kind`.
+    pub(super) fn resolve_for(
+        &mut self,
+        kind: &'static str,
         referrer: &ObjectKey,
         namespace: &str,
         svc: &IngressServiceBackend,
@@ -64,7 +76,7 @@ impl<'w> Backends<'w> {
         if let Some(&i) = self.index.get(&id) {
             // Report the same problem for every Ingress that uses it.
             if let Some((reason, msg)) = self.failures.get(&i) {
-                diagnostics.push(Diagnostic::new("Ingress", referrer, *reason, msg.clone()));
+                diagnostics.push(Diagnostic::new(kind, referrer, *reason, msg.clone()));
             }
             return i;
         }
@@ -72,13 +84,13 @@ impl<'w> Backends<'w> {
         let backend = match self.world.services.get(&ObjectKey::new(namespace, svc.name.clone())) {
             None => {
                 let msg = format!("service {service_label} not found");
-                self.fail(referrer, Reason::ServiceNotFound, &msg, diagnostics);
+                self.fail(kind, referrer, Reason::ServiceNotFound, &msg, diagnostics);
                 Backend::unavailable(id.clone(), service_label, msg)
             }
             Some(service) => match find_service_port(service, svc) {
                 None => {
                     let msg = format!("service {service_label} has no port {port_label:?}");
-                    self.fail(referrer, Reason::ServicePortNotFound, &msg, diagnostics);
+                    self.fail(kind, referrer, Reason::ServicePortNotFound, &msg, diagnostics);
                     Backend::unavailable(id.clone(), service_label, msg)
                 }
                 Some(sp) => {
@@ -96,8 +108,15 @@ impl<'w> Backends<'w> {
     }
 
     /// Records why the backend about to be built is unavailable.
-    fn fail(&mut self, referrer: &ObjectKey, reason: Reason, msg: &str, diagnostics: &mut Vec<Diagnostic>) {
-        diagnostics.push(Diagnostic::new("Ingress", referrer, reason, msg));
+    fn fail(
+        &mut self,
+        kind: &'static str,
+        referrer: &ObjectKey,
+        reason: Reason,
+        msg: &str,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        diagnostics.push(Diagnostic::new(kind, referrer, reason, msg));
         self.failures.insert(self.built.len(), (reason, msg.to_string()));
     }
 

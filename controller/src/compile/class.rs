@@ -23,6 +23,8 @@ pub struct ClassConfig {
     /// `--default-ssl-certificate`: the Secret served for unknown or
     /// missing SNI (else a self-signed certificate made at start).
     pub default_certificate: Option<crate::world::ObjectKey>,
+    /// `--tcp-services-configmap`: the ConfigMap listing L4 TCP services.
+    pub tcp_services: Option<crate::world::ObjectKey>,
 }
 
 impl Default for ClassConfig {
@@ -32,6 +34,7 @@ impl Default for ClassConfig {
             controller_name: "switchyard.dev/ingress-controller".to_string(),
             watch_without_class: false,
             default_certificate: None,
+            tcp_services: None,
         }
     }
 }

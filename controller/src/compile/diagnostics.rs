@@ -41,6 +41,9 @@ pub enum Reason {
     InvalidTLSSecret,
     /// A TLS host an older Ingress already has a certificate for.
     TLSHostConflict,
+    /// An entry of the TCP services ConfigMap that does not parse (port,
+    /// or `NAMESPACE/SERVICE:PORT`), or the ConfigMap is missing.
+    InvalidTCPService,
 }
 
 impl Reason {
@@ -61,6 +64,7 @@ impl Reason {
             Self::TLSSecretNotFound => "TLSSecretNotFound",
             Self::InvalidTLSSecret => "InvalidTLSSecret",
             Self::TLSHostConflict => "TLSHostConflict",
+            Self::InvalidTCPService => "InvalidTCPService",
         }
     }
 }

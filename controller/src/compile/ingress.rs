@@ -116,9 +116,21 @@ fn backend_protocol(key: &ObjectKey, ing: &Ingress, diagnostics: &mut Vec<Diagno
 }
 
 fn ssl_redirect(key: &ObjectKey, ing: &Ingress, diagnostics: &mut Vec<Diagnostic>) -> bool {
-    let Some((name, value)) = annotation(ing, [SSL_REDIRECT_ANNOTATION, NGINX_SSL_REDIRECT_ANNOTATION]) else {
-        return true;
-    };
+    let names = [SSL_REDIRECT_ANNOTATION, NGINX_SSL_REDIRECT_ANNOTATION];
+    bool_annotation(key, ing, names, (true, "redirecting"), diagnostics)
+}
+
+/// A `"true"`/`"false"` annotation (either spelling in `names`); absent:
+/// `default.0`; any other value is reported (`default.1` says what the
+/// default does) and reads as the default.
+pub(super) fn bool_annotation(
+    key: &ObjectKey,
+    ing: &Ingress,
+    names: [&'static str; 2],
+    default: (bool, &str),
+    diagnostics: &mut Vec<Diagnostic>,
+) -> bool {
+    let Some((name, value)) = annotation(ing, names) else { return default.0 };
     match value.trim().to_ascii_lowercase().as_str() {
         "true" => true,
         "false" => false,
@@ -127,9 +139,9 @@ fn ssl_redirect(key: &ObjectKey, ing: &Ingress, diagnostics: &mut Vec<Diagnostic
                 KIND,
                 key,
                 Reason::InvalidAnnotation,
-                format!("{name}: {value:?} is not \"true\" or \"false\"; redirecting (the default)"),
+                format!("{name}: {value:?} is not \"true\" or \"false\"; {} (the default)", default.1),
             ));
-            true
+            default.0
         }
     }
 }

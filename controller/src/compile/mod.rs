@@ -9,7 +9,9 @@ mod backend;
 mod class;
 mod diagnostics;
 mod ingress;
+mod passthrough;
 mod policy;
+mod tcp;
 mod tls;
 
 use std::collections::HashMap;
@@ -46,6 +48,8 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
         ingress::add_ingress(key, ing, &tls, &mut router, &mut backends, &mut diagnostics);
     }
     router.finish();
+    let passthrough = passthrough::build(&ours, &mut backends, &mut diagnostics);
+    let tcp_services = tcp::build(world, classes.tcp_services.as_ref(), &mut backends, &mut diagnostics);
     policy::check_policies(world, &mut diagnostics);
 
     diagnostics.sort();
@@ -53,7 +57,7 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
     let mut served_ingresses: Vec<ObjectKey> = ours.into_iter().map(|(k, _)| k.clone()).collect();
     served_ingresses.sort();
     Compiled {
-        snapshot: Snapshot { generation: 0, router, backends: backends.into_vec(), tls },
+        snapshot: Snapshot { generation: 0, router, backends: backends.into_vec(), tls, passthrough, tcp_services },
         diagnostics,
         served_ingresses,
     }

@@ -241,3 +241,50 @@ fn backend_protocol_annotation_sets_the_routes_upstream_protocol() {
     assert_eq!(bad[0].object.to_string(), "default/bad");
     assert!(bad[0].message.contains("FCGI"), "{}", bad[0].message);
 }
+
+#[test]
+fn tcp_services_configmap_entries_become_tcp_services() {
+    let yaml = format!(
+        "{SERVICE_AND_SLICES}---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: tcp, namespace: infra}}
+data:
+  \"9000\": shop/web:80
+  \"9001\": shop/web:metrics
+  \"9002\": shop/missing:80
+  \"9003\": not-a-target
+"
+    );
+    let classes = ClassConfig { tcp_services: Some(ObjectKey::new("infra", "tcp")), ..ClassConfig::default() };
+    let c = compile(&mk_world(&yaml), &classes);
+    let by_port: Vec<(u16, String, Vec<String>)> = c
+        .snapshot
+        .tcp_services
+        .iter()
+        .map(|s| {
+            let b = &c.snapshot.backends[s.backend];
+            (s.port, b.id.to_string(), b.endpoints.iter().map(|e| e.addr.to_string()).collect())
+        })
+        .collect();
+    assert_eq!(
+        by_port,
+        [
+            (9000, "shop/web:80".into(), vec!["10.0.0.1:8080".into(), "10.0.0.3:8080".into(), "[fd00::1]:8081".into()]),
+            (9001, "shop/web:metrics".into(), vec!["10.0.0.1:9100".into(), "10.0.0.3:9100".into()]),
+            (9002, "shop/missing:80".into(), vec![]),
+        ]
+    );
+    assert!(c.snapshot.backends[c.snapshot.tcp_services[2].backend].unavailable.is_some());
+    assert_eq!(
+        reasons(&c),
+        [("infra/tcp".to_string(), Reason::ServiceNotFound), ("infra/tcp".to_string(), Reason::InvalidTCPService)]
+    );
+    assert!(c.diagnostics.iter().all(|d| d.kind == "ConfigMap"));
+
+    // The flag names a ConfigMap that does not exist: reported, nothing served.
+    let classes = ClassConfig { tcp_services: Some(ObjectKey::new("infra", "nope")), ..ClassConfig::default() };
+    let c = compile(&mk_world(SERVICE_AND_SLICES), &classes);
+    assert!(c.snapshot.tcp_services.is_empty());
+    assert_eq!(reasons(&c), [("infra/nope".to_string(), Reason::InvalidTCPService)]);
+}

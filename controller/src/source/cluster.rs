@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::reflector::{self, Store};
@@ -39,6 +39,9 @@ pub struct Stores {
     pub endpoint_slices: Store<EndpointSlice>,
     pub secrets: Store<Secret>,
     pub policies: Store<BalancerPolicy>,
+    /// The TCP services ConfigMap (`--tcp-services-configmap`), watched
+    /// alone by name.
+    pub tcp_services: Option<Store<ConfigMap>>,
     /// The Secrets whose data the cache keeps (see [`ReferencedSecrets`]).
     referenced: ReferencedSecrets,
     /// Notified when the BalancerPolicy list answers 404 (CRD not installed):
@@ -56,6 +59,7 @@ impl Stores {
         client: &Client,
         namespace: Option<&str>,
         default_certificate: Option<ObjectKey>,
+        tcp_services: Option<&ObjectKey>,
         tasks: &mut JoinSet<()>,
     ) -> (Self, mpsc::UnboundedReceiver<Changed>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -82,6 +86,11 @@ impl Stores {
                 &tx,
                 Some(policies_failed.clone()),
             ),
+            tcp_services: tcp_services.map(|key| {
+                let api = Api::namespaced(client.clone(), &key.namespace);
+                let by_name = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
+                reflect(tasks, api, by_name, &tx, None)
+            }),
             policies_failed,
             referenced,
         };
@@ -97,6 +106,11 @@ impl Stores {
             self.services.wait_until_ready(),
             self.endpoint_slices.wait_until_ready(),
             self.secrets.wait_until_ready(),
+            async {
+                if let Some(store) = &self.tcp_services {
+                    let _ = store.wait_until_ready().await;
+                }
+            },
         );
         tokio::select! {
             _ = self.policies.wait_until_ready() => {}
@@ -122,7 +136,8 @@ impl Stores {
             .chain(self.services.state().into_iter().map(|o| Object::Service(Box::new((*o).clone()))))
             .chain(self.endpoint_slices.state().into_iter().map(|o| Object::EndpointSlice(Box::new((*o).clone()))))
             .chain(secrets.into_iter().map(|o| Object::Secret(Box::new(o))))
-            .chain(self.policies.state().into_iter().map(|o| Object::BalancerPolicy(Box::new((*o).clone()))));
+            .chain(self.policies.state().into_iter().map(|o| Object::BalancerPolicy(Box::new((*o).clone()))))
+            .chain(self.tcp_services.iter().flat_map(|s| s.state()).map(|o| Object::ConfigMap(Box::new((*o).clone()))));
         for object in objects {
             world.insert(object);
         }
