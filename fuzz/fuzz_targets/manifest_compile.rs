@@ -25,6 +25,8 @@ fuzz_target!(|data: &[u8]| {
         ingress_class: "switchyard".into(),
         controller_name: "switchyard.dev/ingress-controller".into(),
         watch_without_class: true,
+        // A ConfigMap named so in the input is compiled as TCP services.
+        tcp_services: Some(switchyard_controller::world::ObjectKey::new("default", "tcp-services")),
         ..ClassConfig::default()
     };
     let compiled = compile(&world, &classes);
@@ -32,6 +34,16 @@ fuzz_target!(|data: &[u8]| {
     for vhost in compiled.snapshot.router.vhosts() {
         for route in vhost.routes() {
             assert!(route.backend < compiled.snapshot.backends.len(), "dangling backend index in {route:?}");
+        }
+    }
+    // Every TCP service and passthrough host points at a backend too.
+    for service in &compiled.snapshot.tcp_services {
+        assert!(service.backend < compiled.snapshot.backends.len(), "dangling backend in {service:?}");
+    }
+    for host in compiled.snapshot.passthrough.hosts() {
+        assert!(host.backend < compiled.snapshot.backends.len(), "dangling backend in {host:?}");
+        if !host.host.starts_with("*.") {
+            assert_eq!(compiled.snapshot.passthrough.lookup(&host.host), Some(host.backend), "{host:?}");
         }
     }
     for host in [None, Some("a.example"), Some("x.a.example:80")] {
