@@ -252,6 +252,33 @@ async fn a_broken_manifest_keeps_its_last_good_version_and_others_still_apply() 
     eventually(proxy.http, "a.test", "/", Duration::from_secs(5), |r| r.backend() == "other-1").await;
 }
 
+/// Read syscalls of `pid` so far (`/proc/PID/io`).
+fn read_syscalls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("syscr: ")).unwrap().trim().parse().unwrap()
+}
+
+/// The directory watch must not react to the rescan's own reads of the
+/// manifests (inotify reports opens and reads too): idle, the process
+/// rescans once a second, not in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_manifest_directory_is_not_rescanned_in_a_loop() {
+    let proxy = Standalone::start(&[("backends.yaml", &backends().await)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = read_syscalls(proxy.pid());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reads = read_syscalls(proxy.pid()) - before;
+    // One scan a second reads the directory and each file: a few dozen
+    // reads in 3 s. The loop this guards against made hundreds a second.
+    assert!(reads < 200, "{reads} read syscalls in 3 s while nothing changed");
+    // And a change is still applied promptly.
+    proxy.write(
+        "i.yaml",
+        &ingress("i", &format!("  rules:\n  - host: i.test\n    http:\n      paths:\n{}", path("/", "Prefix", "api"))),
+    );
+    eventually(proxy.http, "i.test", "/", Duration::from_secs(5), |r| r.backend() == "api-1").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_report_health_metrics_and_snapshot() {
     let rules = format!("  rules:\n  - host: a.test\n    http:\n      paths:\n{}", path("/api", "Prefix", "api"));

@@ -198,6 +198,12 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
                 EventKind::Access(AccessKind::Close(AccessMode::Write))
                     | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
             );
+            // Other accesses (opens, reads, a close after reading) change
+            // nothing, and the rescan's own reads cause them: reacting to
+            // those would rescan in a loop.
+            if matches!(event.kind, EventKind::Access(_)) && !complete {
+                return;
+            }
             let _ = tx.send(event.paths.into_iter().map(|p| (p, complete)).collect());
         }
     })
