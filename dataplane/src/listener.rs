@@ -472,7 +472,11 @@ impl Connections {
         let io = AuditedIo::new(stream, Audit::new(self.config.head_limits), state.clone(), timeouts);
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (proxy, state, drain, truncated) = (proxy.clone(), state.clone(), drain.clone(), truncated.clone());
-            async move {
+            // Boxed: the request's future (several KiB) is allocated while
+            // the request runs, instead of being moved into the
+            // connection's in-flight slot, which every idle connection
+            // would hold.
+            Box::pin(async move {
                 let guard = state.start_request();
                 let http1 = req.version() <= http::Version::HTTP_11;
                 let mut resp = proxy.serve(req, conn_info, &state).await?;
@@ -484,7 +488,7 @@ impl Connections {
                 }
                 let counted = |body| CountedBody { body, _guard: guard, truncated };
                 Ok::<_, std::convert::Infallible>(resp.map(counted))
-            }
+            })
         });
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let conn = watcher.watch(conn);

@@ -156,7 +156,16 @@ where
     let (mut down_read, mut down_write) = tokio::io::split(down);
     let (mut up_read, mut up_write) = tokio::io::split(up);
     let to_upstream = async {
-        tokio::io::copy(&mut down_read, &mut up_write).await?;
+        let mut buf = tunnel_buffer();
+        loop {
+            buf.clear();
+            let read = down_read.read_buf(&mut buf).await?;
+            if read == 0 {
+                break;
+            }
+            up_write.write_all(&buf).await?;
+            grow_if_filled(&mut buf, read);
+        }
         up_write.shutdown().await
     };
     let to_client = to_client(&mut up_read, &mut down_write, going_away);
@@ -185,7 +194,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut frames = FrameBoundaries::default();
-    let mut buf = vec![0; 8 * 1024];
+    let mut buf = tunnel_buffer();
     let mut closing = *going_away.borrow_and_update();
     let mut signal_gone = false;
     let mut deadline = None;
@@ -212,7 +221,7 @@ where
                 down.shutdown().await?;
                 return Ok(Ended::WentAway);
             }
-            read = up.read(&mut buf) => read?,
+            read = { buf.clear(); up.read_buf(&mut buf) } => read?,
         };
         if read == 0 {
             down.shutdown().await?;
@@ -221,6 +230,27 @@ where
         let chunk = &buf[..read];
         let forward = frames.advance(chunk, closing);
         down.write_all(&chunk[..forward]).await?;
+        grow_if_filled(&mut buf, read);
+    }
+}
+
+/// A tunnel direction's copy buffer: 2 KiB to start, uninitialised, so an
+/// idle WebSocket that carries small messages holds little memory; it
+/// doubles (up to [`MAX_TUNNEL_BUFFER`]) each time a read fills it, for
+/// bulk transfers.
+fn tunnel_buffer() -> bytes::BytesMut {
+    bytes::BytesMut::with_capacity(2 * 1024)
+}
+
+const MAX_TUNNEL_BUFFER: usize = 64 * 1024;
+
+/// After a read of `read` bytes into the cleared `buf`: a full buffer
+/// means more was waiting, so the next read may take twice as much.
+fn grow_if_filled(buf: &mut bytes::BytesMut, read: usize) {
+    let capacity = buf.capacity();
+    if read >= capacity && capacity < MAX_TUNNEL_BUFFER {
+        buf.clear();
+        buf.reserve(capacity * 2);
     }
 }
 
@@ -305,6 +335,20 @@ impl FrameBoundaries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunnel_buffers_start_small_and_grow_only_when_filled() {
+        let mut buf = tunnel_buffer();
+        let start = buf.capacity();
+        assert!(start <= 4096, "an idle tunnel holds at most a page per direction");
+        grow_if_filled(&mut buf, start / 2);
+        assert_eq!(buf.capacity(), start, "a partial read does not grow it");
+        for _ in 0..10 {
+            let full = buf.capacity();
+            grow_if_filled(&mut buf, full);
+        }
+        assert!(buf.capacity() >= MAX_TUNNEL_BUFFER && buf.capacity() < 2 * MAX_TUNNEL_BUFFER, "{}", buf.capacity());
+    }
 
     fn mk(upgrade: &str) -> Request<()> {
         Request::get("/").header("connection", "keep-alive, Upgrade").header("upgrade", upgrade).body(()).unwrap()
