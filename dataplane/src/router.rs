@@ -17,7 +17,9 @@
 //! probe per distinct prefix length configured for the host (never more,
 //! however deep the request path) on borrowed slices, and allocates nothing.
 
-use std::collections::HashMap;
+/// The router's maps: foldhash instead of SipHash (keys come from the
+/// configuration; a lookup with a hostile key costs one hash either way).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
@@ -181,8 +183,8 @@ impl VirtualHost {
         Self {
             host: host.into(),
             routes: Vec::new(),
-            exact: HashMap::new(),
-            prefix: HashMap::new(),
+            exact: HashMap::default(),
+            prefix: HashMap::default(),
             prefix_lens: Vec::new(),
         }
     }

@@ -63,8 +63,25 @@ pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, c
     };
 }
 
+/// Whether `name` is a hop-by-hop field (RFC 9110 §7.6.1, and the
+/// de-facto `Keep-Alive` and `Proxy-Connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes the hop-by-hop fields and every field named in `Connection`.
+/// One pass over the fields first: most messages have none, and then
+/// nothing is looked up.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -116,10 +116,10 @@ pub(crate) struct ClientInfo {
 pub struct Proxy {
     snapshots: Arc<SnapshotHandle>,
     metrics: Arc<Metrics>,
-    clients: UpstreamClients,
+    clients: Arc<UpstreamClients>,
     /// Clients for backends whose policy sets its own connect timeout (the
     /// connector's timeout is per client), created on first use.
-    clients_by_connect_timeout: std::sync::RwLock<std::collections::HashMap<Duration, UpstreamClients>>,
+    clients_by_connect_timeout: std::sync::RwLock<std::collections::HashMap<Duration, Arc<UpstreamClients>>>,
     upstream_tls: Arc<rustls::ClientConfig>,
     config: ProxyConfig,
     /// Open WebSocket tunnels (shutdown waits for them, then closes them).
@@ -164,7 +164,7 @@ impl Proxy {
             .upstream_tls
             .clone()
             .unwrap_or_else(|| Arc::new(client_tls_config(None).expect("the default protocol versions are supported")));
-        let clients = UpstreamClients::new(config.connect_timeout, config.pool_idle_timeout, &upstream_tls);
+        let clients = Arc::new(UpstreamClients::new(config.connect_timeout, config.pool_idle_timeout, &upstream_tls));
         let tunnels = Tunnels::default();
         let clients_by_connect_timeout = Default::default();
         Self { snapshots, metrics, clients, clients_by_connect_timeout, upstream_tls, config, tunnels }
@@ -180,25 +180,21 @@ impl Proxy {
         &self.metrics
     }
 
-    /// The pooled client for a connect timeout (the shared one by default)
-    /// and a protocol.
-    fn client_for(
-        &self,
-        connect_timeout: Option<Duration>,
-        protocol: UpstreamProtocol,
-        upgrade: bool,
-    ) -> UpstreamClient {
+    /// The pooled clients for a connect timeout (the shared ones by
+    /// default, without a reference count taken).
+    fn clients_for(&self, connect_timeout: Option<Duration>) -> std::borrow::Cow<'_, Arc<UpstreamClients>> {
+        use std::borrow::Cow;
         let Some(timeout) = connect_timeout.filter(|t| *t != self.config.connect_timeout) else {
-            return self.clients.pick(protocol, upgrade).clone();
+            return Cow::Borrowed(&self.clients);
         };
         let read = self.clients_by_connect_timeout.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(clients) = read.get(&timeout) {
-            return clients.pick(protocol, upgrade).clone();
+            return Cow::Owned(clients.clone());
         }
         drop(read);
         let mut write = self.clients_by_connect_timeout.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let new = || UpstreamClients::new(timeout, self.config.pool_idle_timeout, &self.upstream_tls);
-        write.entry(timeout).or_insert_with(new).pick(protocol, upgrade).clone()
+        let new = || Arc::new(UpstreamClients::new(timeout, self.config.pool_idle_timeout, &self.upstream_tls));
+        Cow::Owned(write.entry(timeout).or_insert_with(new).clone())
     }
 
     /// Answers one request. Never fails: every error becomes a response.
@@ -398,11 +394,8 @@ impl Proxy {
         let guard = backend.load(i).map(|l| l.start());
         let timeout = backend.balance.request_timeout.unwrap_or(self.config.upstream_timeout);
         let upgrade = upgrade::requested(&req).is_some();
-        let upstream = Upstream {
-            client: self.client_for(backend.balance.connect_timeout, protocol, upgrade),
-            protocol,
-            endpoint: &backend.endpoints[i],
-        };
+        let clients = self.clients_for(backend.balance.connect_timeout);
+        let upstream = Upstream { client: clients.pick(protocol, upgrade), protocol, endpoint: &backend.endpoints[i] };
         let result = self.forward(upstream, req, client, guard, timeout).await;
         if let Err(err) = &result {
             self.metrics.upstream_errors.with_label_values(&[err.kind()]).inc();
@@ -462,7 +455,7 @@ impl Proxy {
 /// Where one attempt goes: the endpoint, and the client for the route's
 /// protocol.
 struct Upstream<'a> {
-    client: UpstreamClient,
+    client: &'a UpstreamClient,
     protocol: UpstreamProtocol,
     endpoint: &'a Endpoint,
 }
