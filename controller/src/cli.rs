@@ -244,6 +244,10 @@ pub struct EchoArgs {
     /// Delay every answer by this many milliseconds (a slow backend).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Listen on this many consecutive ports, from `--addr`'s port on (many
+    /// endpoints from one process, for benchmarks).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: u16,
 }
 
 /// nginx size syntax; `0` means no limit (`u64::MAX`).

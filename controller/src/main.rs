@@ -45,10 +45,33 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Echo(args) => {
-                let listener = tokio::net::TcpListener::bind(args.addr).await?;
-                tracing::info!(addr = %listener.local_addr()?, name = %args.name, "echo backend listening");
-                demo::echo::serve_with_delay(listener, args.name, std::time::Duration::from_millis(args.delay_ms))
-                    .await;
+                let delay = std::time::Duration::from_millis(args.delay_ms);
+                anyhow::ensure!(
+                    args.ports == 1 || args.addr.port() != 0,
+                    "--ports {} needs a port number in --addr",
+                    args.ports
+                );
+                let mut listeners = Vec::with_capacity(usize::from(args.ports));
+                for i in 0..args.ports {
+                    let Some(port) = args.addr.port().checked_add(i) else {
+                        anyhow::bail!("--ports {} from {} runs past port 65535", args.ports, args.addr)
+                    };
+                    let addr = std::net::SocketAddr::new(args.addr.ip(), port);
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+                    listeners.push(listener);
+                }
+                tracing::info!(addr = %listeners[0].local_addr()?, ports = args.ports, name = %args.name,
+                    "echo backend listening");
+                let name: std::sync::Arc<str> = args.name.into();
+                let serving: Vec<_> = listeners
+                    .into_iter()
+                    .map(|l| tokio::spawn(demo::echo::serve_with_delay(l, name.clone(), delay)))
+                    .collect();
+                for task in serving {
+                    let _ = task.await;
+                }
                 Ok(())
             }
             Command::Crd => {

@@ -72,7 +72,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         while changes.try_recv().is_ok() {}
         let mut received = None;
         loop {
-            let compiled = publisher.apply(&stores.world().await, |_, _| None);
+            let world = stores.world().await;
+            // Compiling a large world takes milliseconds: off the worker,
+            // so that the requests it serves do not wait for it.
+            let compiled = tokio::task::block_in_place(|| publisher.apply(&world, |_, _| None));
             if let Some(at) = received {
                 metrics.config_propagation.observe(Instant::elapsed(&at).as_secs_f64());
             }

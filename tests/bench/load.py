@@ -31,9 +31,9 @@ def measured(pids, fn):
     return result
 
 
-def wrk(url, duration_s, connections, headers=(), timeout_s=5):
+def wrk(url, duration_s, connections, headers=(), timeout_s=5, host=HOST):
     argv = procs.pin(LOAD_CORE) + ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", f"--timeout={timeout_s}s",
-                                   "--latency", "-H", f"Host: {HOST}"]
+                                   "--latency", "-H", f"Host: {host}"]
     for h in headers:
         argv += ["-H", h]
     out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=duration_s + 30).stdout

@@ -18,6 +18,7 @@ SCENARIOS = {
     "S4-handshake": "TLS 1.3 full handshake per request",
     "S5": "WebSocket echo, 16 connections x 32 pipelined 32-byte messages (rate = messages/s)",
     "S6": "switchyard with 1 / 1,000 / 10,000 routes (Ingresses, one host each)",
+    "S7": "a Service of 10,000 endpoints; steady, then 10% replaced every second",
 }
 LOWER_IS_BETTER = {"p50_ms", "p99_ms", "cpu_us", "rss_mb"}
 
@@ -142,8 +143,15 @@ def targets(summary, memory, extra):
     if 1 in mem and 10000 in mem:
         per_route = (mem[10000]["idle_rss_kb"] - mem[1]["idle_rss_kb"]) * 1.024 / 9999
         check(rows, "S6 memory per route", "<= 2 KB", per_route, per_route <= 2, f"{per_route:.2f} KB")
-    rows.append({"target": "S7 endpoint churn", "goal": "zero errors; p99 <= 1.1 x no churn",
-                 "measured": "not implemented in this suite", "result": "NOT RUN"})
+    steady, churning = g("S7", "switchyard-steady", "p99_ms"), g("S7", "switchyard-churn", "p99_ms")
+    if steady and churning:
+        errors = g("S7", "switchyard-churn", "errors")
+        check(rows, "S7 endpoint churn", "zero errors; p99 <= 1.1 x no churn", churning,
+              errors == 0 and churning <= 1.1 * steady,
+              f"{errors} errors; p99 {churning:.2f} ms vs {steady:.2f} ms steady ({churning / steady:.2f}x)")
+    else:
+        rows.append({"target": "S7 endpoint churn", "goal": "zero errors; p99 <= 1.1 x no churn",
+                     "measured": "not measured in this run", "result": "NOT RUN"})
     s8 = extra.get("S8", {})
     if 5000 in s8:
         r = s8[5000]

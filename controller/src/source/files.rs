@@ -186,7 +186,8 @@ impl ManifestDir {
 }
 
 /// Watches `dir` and calls `on_change` with the new world after each
-/// change (and once at start). Runs until the task is dropped.
+/// change (and once at start). Runs until the task is dropped. Needs the
+/// multi-thread runtime (scans run in `block_in_place`).
 pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Origins)) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(PathBuf, bool)>>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -222,20 +223,23 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     loop {
-        let mut settle = false;
-        match dir.rescan() {
+        // Reading, parsing and compiling a large directory takes
+        // milliseconds: off the worker, so that the requests it serves do
+        // not wait for it (the runtime moves them to another thread).
+        let settle = tokio::task::block_in_place(|| match dir.rescan() {
             Ok(scan) => {
                 if scan.changed || first {
                     let (world, origins) = dir.world();
                     on_change(&world, &origins);
                     first = false;
                 }
-                settle = scan.unsettled;
+                scan.unsettled
             }
             Err(err) => {
-                tracing::error!(dir = %dir.path().display(), error = %err, "cannot list manifest directory")
+                tracing::error!(dir = %dir.path().display(), error = %err, "cannot list manifest directory");
+                false
             }
-        }
+        });
         if settle {
             tokio::time::sleep(SETTLE).await;
             continue;
