@@ -109,7 +109,11 @@ impl Dataplane {
             tokio::spawn(serve_https(listener, proxy.clone(), listener_config.clone(), drain.clone(), tls))
         });
         // TCP service ports open on the HTTP listener's address.
-        let tcp_config = TcpConfig { bind_ip: self.args.http_addr.ip(), connect_timeout: self.args.connect_timeout };
+        let tcp_config = TcpConfig {
+            bind_ip: self.args.http_addr.ip(),
+            connect_timeout: self.args.connect_timeout,
+            max_connections: Some(self.args.max_connections).filter(|&n| n > 0),
+        };
         let tcp_services = TcpServices::new(self.snapshots.clone(), self.metrics.clone(), tcp_config);
         let (stop_tcp, tcp_stopped) = watch::channel(false);
         let tcp_task = tokio::spawn(tcp_services.clone().run(tcp_stopped));

@@ -433,6 +433,7 @@ impl Connections {
     ) {
         let metrics = self.proxy.metrics().clone();
         let peer = conn_info.peer;
+        tcp::keepalive(&stream);
         let task = async move {
             let _slot = slot;
             let Relay { snapshot, backend, sni, connect_timeout } = relay;

@@ -30,6 +30,22 @@ use crate::snapshot::{BalanceConfig, HashOn, Snapshot, SnapshotHandle};
 /// Endpoints tried for one connection, at most.
 const MAX_ATTEMPTS: usize = 3;
 
+/// How often ports that could not be opened are tried again.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// TCP keepalive on a relayed socket: a peer that vanished without a word
+/// (NAT state gone, host down) is noticed after about two minutes instead
+/// of holding the relay forever.
+pub fn keepalive(stream: &TcpStream) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(err) = socket2::SockRef::from(stream).set_tcp_keepalive(&probes) {
+        tracing::debug!(error = %err, "cannot enable TCP keepalive");
+    }
+}
+
 /// The hash key of an L4 connection: the client's address, for IPHash and
 /// ConsistentHash on the source IP (the other hash sources are HTTP
 /// attributes: those fall back to the selector's rotation).
@@ -90,6 +106,7 @@ pub async fn connect(
         match result {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
+                keepalive(&stream);
                 backend.record_outcome(i, false);
                 let service = backend.service.clone();
                 return Ok(Upstream { stream, endpoint, service, _in_flight: in_flight });
@@ -120,8 +137,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let service = &*upstream.service;
-    let active = metrics.tcp_active.with_label_values(&[service]);
-    active.inc();
+    // Counted down on drop too: a relay aborted at the drain deadline.
+    let active = ActiveGuard::new(metrics.tcp_active.with_label_values(&[service]));
     let mut client = Counted {
         inner: client,
         received: metrics.tcp_received_bytes.with_label_values(&[service]),
@@ -129,8 +146,24 @@ where
     };
     let mut stream = upstream.stream;
     let result = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
-    active.dec();
+    drop(active);
     result
+}
+
+/// One open L4 connection in `switchyard_tcp_active_connections`.
+struct ActiveGuard(prometheus::IntGauge);
+
+impl ActiveGuard {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A client stream that counts the bytes read from it and written to it.
@@ -179,6 +212,9 @@ pub struct TcpConfig {
     pub bind_ip: IpAddr,
     /// Connect timeout toward endpoints, unless a policy sets its own.
     pub connect_timeout: Duration,
+    /// Connections relayed at once per port; more wait in the kernel's
+    /// accept queue (`--max-connections`). `None`: no limit.
+    pub max_connections: Option<usize>,
 }
 
 /// The TCP service listeners: one per port the snapshot in force lists,
@@ -208,10 +244,14 @@ impl TcpServices {
     /// opens the ports newly listed and closes those no longer listed.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut published = self.snapshots.subscribe();
+        let mut retry = tokio::time::interval(BIND_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.reconcile().await;
+            let all_open = self.reconcile().await;
             tokio::select! {
                 changed = published.changed() => if changed.is_err() { break },
+                // Ports that could not be opened are tried again.
+                _ = retry.tick(), if !all_open => {}
                 _ = stop.changed() => break,
             }
         }
@@ -229,7 +269,9 @@ impl TcpServices {
         self.listeners.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn reconcile(self: &Arc<Self>) {
+    /// Opens and closes ports to match the snapshot; false when some port
+    /// could not be opened.
+    async fn reconcile(self: &Arc<Self>) -> bool {
         let snapshot = self.snapshots.load();
         let wanted: Vec<u16> = snapshot.tcp_services.iter().map(|s| s.port).collect();
         let gone: Vec<u16> = self.lock_listeners().keys().filter(|p| !wanted.contains(p)).copied().collect();
@@ -239,6 +281,7 @@ impl TcpServices {
                 tracing::info!(port, "TCP service closed: no longer in the ConfigMap");
             }
         }
+        let mut all_open = true;
         for service in &snapshot.tcp_services {
             if self.lock_listeners().contains_key(&service.port) {
                 continue;
@@ -251,15 +294,27 @@ impl TcpServices {
                     tracing::info!(%addr, target = %service.target, "TCP service listening");
                     tokio::spawn(self.clone().accept_loop(listener, service.port, stopped));
                 }
-                // Retried at the next snapshot change.
-                Err(err) => tracing::error!(%addr, target = %service.target, error = %err,
-                    "cannot listen for a TCP service"),
+                // Retried every BIND_RETRY, and at the next snapshot.
+                Err(err) => {
+                    all_open = false;
+                    tracing::error!(%addr, target = %service.target, error = %err,
+                        retry = ?BIND_RETRY, "cannot listen for a TCP service");
+                }
             }
         }
+        all_open
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16, mut stopped: watch::Receiver<bool>) {
+        let limit = self.config.max_connections.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS);
+        let slots = Arc::new(tokio::sync::Semaphore::new(limit));
         loop {
+            // Beyond the limit, connections wait in the accept queue.
+            let slot = tokio::select! {
+                biased;
+                _ = stopped.changed() => return,
+                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
             let (client, peer) = tokio::select! {
                 biased;
                 // Sent `true`, or the sender dropped: stop either way.
@@ -274,10 +329,14 @@ impl TcpServices {
                 },
             };
             let _ = client.set_nodelay(true);
+            keepalive(&client);
             let this = self.clone();
             let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
             while conns.try_join_next().is_some() {}
-            conns.spawn(async move { this.serve(client, peer, port).await });
+            conns.spawn(async move {
+                let _slot = slot;
+                this.serve(client, peer, port).await;
+            });
         }
     }
 

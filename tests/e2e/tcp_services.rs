@@ -108,7 +108,7 @@ async fn tcp_services_balance_by_policy_survive_a_closed_port_and_follow_the_con
         + &policy("lc", "  algorithm: LeastConnections\n")
         + &policy(
             "rr",
-            "  healthCheck:\n    active: {type: TCP, interval: 500ms, timeout: 300ms, unhealthyThreshold: 1}\n",
+            "  healthCheck:\n    active: {type: TCP, interval: 500ms, timeout: 2s, unhealthyThreshold: 2}\n",
         );
     let cm = configmap(&[
         (rr_port, &format!("{NS}/rr:80")),

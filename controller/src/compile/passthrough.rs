@@ -6,7 +6,10 @@
 //! relays those connections unterminated. The Ingress's HTTP routes are
 //! compiled as usual (they serve the plain-HTTP listener). Ingresses come
 //! in precedence order: a host already passed through by an older Ingress
-//! stays with it.
+//! stays with it, and so does a host that an older Ingress *without*
+//! passthrough names (in its rules or `spec.tls`): an Ingress cannot take
+//! another's HTTPS traffic by asking for passthrough. A younger Ingress
+//! naming a host that an older one passes through is told so.
 
 use std::collections::HashMap;
 
@@ -32,8 +35,16 @@ pub(super) fn build(
     let mut hosts = PassthroughHosts::default();
     // Which Ingress passes each host through, to name it in a conflict.
     let mut owners: HashMap<String, &ObjectKey> = HashMap::new();
-    for &(key, ing) in ingresses {
-        if !enabled(key, ing, diagnostics) {
+    let passing: Vec<bool> = ingresses.iter().map(|&(key, ing)| enabled(key, ing, diagnostics)).collect();
+    // The oldest Ingress without passthrough that names each host.
+    let mut terminated: HashMap<String, (usize, &ObjectKey)> = HashMap::new();
+    for (i, &(key, ing)) in ingresses.iter().enumerate().filter(|(i, _)| !passing[*i]) {
+        for host in named_hosts(ing) {
+            terminated.entry(host).or_insert((i, key));
+        }
+    }
+    for (i, &(key, ing)) in ingresses.iter().enumerate() {
+        if !passing[i] {
             continue;
         }
         let rules = ing.spec.as_ref().and_then(|s| s.rules.as_deref()).unwrap_or_default();
@@ -74,11 +85,19 @@ pub(super) fn build(
                 ));
                 continue;
             };
+            if let Some(older) = older_terminated(&terminated, &normalize(host), i) {
+                diagnostics.push(Diagnostic::new(
+                    KIND,
+                    key,
+                    Reason::RouteConflict,
+                    format!("ssl-passthrough for host {host:?} ignored: Ingress {older} (older) serves it terminated"),
+                ));
+                continue;
+            }
             let backend = backends.resolve(key, &key.namespace, service, diagnostics);
             match hosts.insert(host, backend) {
                 Ok(()) => {
-                    let lower = host.to_ascii_lowercase();
-                    owners.insert(lower.strip_suffix('.').unwrap_or(&lower).to_string(), key);
+                    owners.insert(normalize(host), key);
                 }
                 Err(InsertError::InvalidHost(_)) => diagnostics.push(Diagnostic::new(
                     KIND,
@@ -108,7 +127,59 @@ pub(super) fn build(
             }
         }
     }
+    // Younger Ingresses naming a host passed through: their HTTPS for it
+    // goes elsewhere (plain HTTP still reaches their routes).
+    for (i, &(key, ing)) in ingresses.iter().enumerate().filter(|(i, _)| !passing[*i]) {
+        for host in named_hosts(ing) {
+            let Some(&owner) = owners.get(&host) else { continue };
+            if ingresses.iter().position(|&(k, _)| k == owner).is_some_and(|o| o < i) {
+                diagnostics.push(Diagnostic::new(
+                    KIND,
+                    key,
+                    Reason::RouteConflict,
+                    format!(
+                        "HTTPS for host {host:?} is passed through by Ingress {owner} (older, ssl-passthrough); \
+                         this Ingress serves it on plain HTTP only"
+                    ),
+                ));
+            }
+        }
+    }
     hosts
+}
+
+/// Lowercase, without a trailing dot.
+fn normalize(host: &str) -> String {
+    let lower = host.to_ascii_lowercase();
+    lower.strip_suffix('.').unwrap_or(&lower).to_string()
+}
+
+/// The hosts an Ingress names in its rules and its `spec.tls`, normalized.
+fn named_hosts(ing: &Ingress) -> Vec<String> {
+    let Some(spec) = &ing.spec else { return Vec::new() };
+    let rules = spec.rules.iter().flatten().filter_map(|r| r.host.as_deref());
+    let tls = spec.tls.iter().flatten().flat_map(|t| t.hosts.iter().flatten()).map(String::as_str);
+    rules.chain(tls).filter(|h| !h.is_empty()).map(normalize).collect()
+}
+
+/// An Ingress older than the one at `index` that serves `host` terminated:
+/// the same host, or for a wildcard `*.example.com`, a host one label
+/// under it.
+fn older_terminated<'k>(
+    terminated: &HashMap<String, (usize, &'k ObjectKey)>,
+    host: &str,
+    index: usize,
+) -> Option<&'k ObjectKey> {
+    let older = |&(i, key): &(usize, &'k ObjectKey)| (i < index).then_some(key);
+    if let Some(found) = terminated.get(host).and_then(older) {
+        return Some(found);
+    }
+    let suffix = host.strip_prefix("*.")?;
+    terminated
+        .iter()
+        .filter(|(h, _)| h.split_once('.').is_some_and(|(label, rest)| rest == suffix && !label.is_empty()))
+        .filter_map(|(_, claim)| older(claim))
+        .min()
 }
 
 /// The annotation's value: `true` or `false`; anything else is reported
@@ -289,5 +360,24 @@ mod tests {
     fn no_annotation_no_passthrough() {
         let c = compiled(&[mk_ingress("plain", None, "", &mk_rule("a.test", &[("/", "s")]))]);
         assert!(c.snapshot.passthrough.is_empty());
+    }
+
+    #[test]
+    fn passthrough_cannot_take_a_host_an_older_ingress_serves_terminated() {
+        let c = compiled(&[
+            mk_ingress("shop", Some("2026-01-01T00:00:00Z"), "", &mk_rule("shop.test", &[("/", "shop")])),
+            mk_ingress("under", Some("2026-01-01T00:00:00Z"), "", &mk_rule("a.wild.test", &[("/", "a")])),
+            mk_ingress("thief", Some("2026-02-01T00:00:00Z"), ON, &mk_rule("shop.test", &[("/", "evil")])),
+            mk_ingress("wide", Some("2026-02-01T00:00:00Z"), ON, &mk_rule("*.wild.test", &[("/", "evil")])),
+            mk_ingress("first", Some("2026-01-01T00:00:00Z"), ON, &mk_rule("p.test", &[("/", "db")])),
+            mk_ingress("late", Some("2026-03-01T00:00:00Z"), "", &mk_rule("p.test", &[("/", "web")])),
+        ]);
+        assert_eq!(passed(&c), pairs(&[("p.test", "default/db:443")]));
+        let got = reasons(&c);
+        for who in ["default/thief", "default/wide", "default/late"] {
+            assert!(got.contains(&(who.to_string(), Reason::RouteConflict)), "{who}: {got:?}");
+        }
+        let thief = c.diagnostics.iter().find(|d| d.object.name == "thief").unwrap();
+        assert!(thief.message.contains("default/shop"), "{}", thief.message);
     }
 }

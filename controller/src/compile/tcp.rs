@@ -31,10 +31,16 @@ pub(super) fn build(
         ));
         return Vec::new();
     };
-    let mut services = Vec::new();
+    let mut services: Vec<TcpService> = Vec::new();
     // `data` is a BTreeMap: entries come in a stable order.
     for (port_text, target) in cm.data.iter().flatten() {
         match parse_entry(port_text, target) {
+            Ok((port, _)) if services.iter().any(|s| s.port == port) => diagnostics.push(Diagnostic::new(
+                KIND,
+                key,
+                Reason::InvalidTCPService,
+                format!("entry {port_text:?}: {target:?} ignored: port {port} is already listed"),
+            )),
             Ok((port, entry)) => {
                 let backend = IngressServiceBackend { name: entry.service.clone(), port: Some(entry.port.clone()) };
                 let index = backends.resolve_for(KIND, key, &entry.namespace, &backend, diagnostics);

@@ -254,6 +254,7 @@ data:
   \"9001\": shop/web:metrics
   \"9002\": shop/missing:80
   \"9003\": not-a-target
+  \"09000\": shop/web:80
 "
     );
     let classes = ClassConfig { tcp_services: Some(ObjectKey::new("infra", "tcp")), ..ClassConfig::default() };
@@ -276,10 +277,9 @@ data:
         ]
     );
     assert!(c.snapshot.backends[c.snapshot.tcp_services[2].backend].unavailable.is_some());
-    assert_eq!(
-        reasons(&c),
-        [("infra/tcp".to_string(), Reason::ServiceNotFound), ("infra/tcp".to_string(), Reason::InvalidTCPService)]
-    );
+    let invalid = ("infra/tcp".to_string(), Reason::InvalidTCPService);
+    assert_eq!(reasons(&c), [("infra/tcp".to_string(), Reason::ServiceNotFound), invalid.clone(), invalid]);
+    assert!(c.diagnostics.iter().any(|d| d.message.contains("already listed")), "{:?}", c.diagnostics);
     assert!(c.diagnostics.iter().all(|d| d.kind == "ConfigMap"));
 
     // The flag names a ConfigMap that does not exist: reported, nothing served.

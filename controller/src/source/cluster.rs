@@ -49,6 +49,9 @@ pub struct Stores {
     policies_failed: Arc<Notify>,
 }
 
+/// How long the first sync waits for the TCP services ConfigMap.
+const TCP_SERVICES_SYNC: Duration = Duration::from_secs(10);
+
 /// A watch event was received at this instant (for propagation latency).
 pub type Changed = Instant;
 
@@ -107,8 +110,13 @@ impl Stores {
             self.endpoint_slices.wait_until_ready(),
             self.secrets.wait_until_ready(),
             async {
-                if let Some(store) = &self.tcp_services {
-                    let _ = store.wait_until_ready().await;
+                // An optional feature must not keep everything else from
+                // serving (e.g. RBAC does not grant the ConfigMap).
+                if let Some(store) = &self.tcp_services
+                    && tokio::time::timeout(TCP_SERVICES_SYNC, store.wait_until_ready()).await.is_err()
+                {
+                    tracing::warn!(timeout = ?TCP_SERVICES_SYNC,
+                        "the TCP services ConfigMap is not readable yet; serving without TCP services until it is");
                 }
             },
         );

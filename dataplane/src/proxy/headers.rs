@@ -40,6 +40,12 @@ pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, c
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // HTTP/2 carries the authority as `:authority` (the endpoint's): a
+    // `Host` that disagrees with it is not allowed (RFC 9113 §8.3.1). The
+    // client's host still travels in X-Forwarded-Host.
+    if http2 {
+        headers.remove(header::HOST);
+    }
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);

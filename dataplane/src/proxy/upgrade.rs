@@ -245,12 +245,16 @@ fn tunnel_buffer() -> bytes::BytesMut {
 const MAX_TUNNEL_BUFFER: usize = 64 * 1024;
 
 /// After a read of `read` bytes into the cleared `buf`: a full buffer
-/// means more was waiting, so the next read may take twice as much.
+/// means more was waiting, so the next read may take twice as much; a
+/// grown buffer that a read used less than a quarter of goes back to the
+/// small one (the burst is over: the tunnel does not keep 64 KiB idle).
 fn grow_if_filled(buf: &mut bytes::BytesMut, read: usize) {
     let capacity = buf.capacity();
     if read >= capacity && capacity < MAX_TUNNEL_BUFFER {
         buf.clear();
         buf.reserve(capacity * 2);
+    } else if capacity > 2 * 1024 && read < capacity / 4 {
+        *buf = tunnel_buffer();
     }
 }
 
@@ -348,6 +352,8 @@ mod tests {
             grow_if_filled(&mut buf, full);
         }
         assert!(buf.capacity() >= MAX_TUNNEL_BUFFER && buf.capacity() < 2 * MAX_TUNNEL_BUFFER, "{}", buf.capacity());
+        grow_if_filled(&mut buf, 100);
+        assert_eq!(buf.capacity(), start, "a small read after a burst gives the memory back");
     }
 
     fn mk(upgrade: &str) -> Request<()> {
