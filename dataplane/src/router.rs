@@ -263,15 +263,17 @@ pub fn strip_port(host: &str) -> Option<&str> {
 
 /// Lowercase RFC 1123 labels separated by dots (no wildcard).
 pub(crate) fn valid_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_dns_label)
+}
+
+/// One lowercase RFC 1123 label: 1 to 63 letters, digits and inner
+/// hyphens (also the shape of a namespace or Service name).
+pub fn valid_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
 #[cfg(test)]

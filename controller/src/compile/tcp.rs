@@ -8,6 +8,7 @@
 
 use k8s_openapi::api::networking::v1::{IngressServiceBackend, ServiceBackendPort};
 use switchyard_dataplane::TcpService;
+use switchyard_dataplane::router::valid_dns_label;
 
 use super::backend::Backends;
 use super::diagnostics::{Diagnostic, Reason};
@@ -80,20 +81,13 @@ fn parse_entry(port: &str, target: &str) -> Result<(u16, Entry), String> {
     }
     let (namespace, service) =
         service_ref.split_once('/').ok_or("expected NAMESPACE/SERVICE:PORT (the namespace is missing)")?;
-    let is_name = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
-    if !is_name(namespace) || !is_name(service) {
+    if !valid_dns_label(namespace) || !valid_dns_label(service) {
         return Err(format!("{service_ref:?} is not NAMESPACE/SERVICE (DNS labels)"));
     }
     let port = match service_port.parse::<i32>() {
         Ok(n) if (1..=65535).contains(&n) => ServiceBackendPort { number: Some(n), name: None },
         Ok(_) => return Err(format!("service port {service_port} is out of range")),
-        Err(_) if is_name(service_port) => ServiceBackendPort { number: None, name: Some(service_port.into()) },
+        Err(_) if valid_dns_label(service_port) => ServiceBackendPort { number: None, name: Some(service_port.into()) },
         Err(_) => return Err(format!("{service_port:?} is not a port number or name")),
     };
     Ok((listen, Entry { namespace: namespace.into(), service: service.into(), port }))
