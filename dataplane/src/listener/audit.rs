@@ -171,7 +171,7 @@ impl Audit {
         let mut used = 0;
         while used < bytes.len() {
             let rest = &bytes[used..];
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 self.line.extend_from_slice(rest);
                 used = bytes.len();
                 break;
@@ -214,7 +214,12 @@ impl Audit {
 
     /// Checks a complete head and sets the body phase.
     fn check_head(&mut self, head: &[u8]) -> Option<Rejection> {
-        let mut lines = head.split(|&b| b == b'\n').map(trim_eol);
+        let mut start = 0;
+        let mut lines = memchr::memchr_iter(b'\n', head).chain(std::iter::once(head.len())).map(|end| {
+            let line = trim_eol(&head[start..end]);
+            start = end + 1;
+            line
+        });
         let request_line = lines.next().unwrap_or_default();
         if request_line.starts_with(b"PRI * HTTP/2.0") {
             self.turn_off();
@@ -237,7 +242,7 @@ impl Audit {
         let (mut content_lengths, mut length) = (0, None);
         let (mut transfer_encodings, mut chunked) = (0, false);
         for field in lines.filter(|l| !l.is_empty()) {
-            let Some(colon) = field.iter().position(|&b| b == b':') else { continue };
+            let Some(colon) = memchr::memchr(b':', field) else { continue };
             let (name, value) = (&field[..colon], trim_ows(&field[colon + 1..]));
             if name.eq_ignore_ascii_case(b"content-length") {
                 content_lengths += 1;
@@ -268,7 +273,7 @@ impl Audit {
 
     /// Reads one chunk-size, chunk-end or trailer line.
     fn feed_chunk_line(&mut self, bytes: &[u8]) -> (usize, Option<Rejection>) {
-        let Some(lf) = bytes.iter().position(|&b| b == b'\n') else {
+        let Some(lf) = memchr::memchr(b'\n', bytes) else {
             self.line.extend_from_slice(bytes);
             let too_long = self.line.len() > MAX_CHUNK_LINE;
             return (bytes.len(), too_long.then_some(Rejection::bad("chunk line too long")));

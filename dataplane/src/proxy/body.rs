@@ -1,7 +1,9 @@
 //! The upstream response body, carrying the endpoint's in-flight guard so
 //! that a streamed response (SSE, downloads) counts as in flight until its
 //! last byte, not until its headers. It also carries the request's
-//! access-log entry, which counts the bytes and is sent at the end.
+//! access-log entry, which counts the bytes and is sent at the end, and,
+//! for pooled HTTP/1.1 upstreams, the connection, which goes back to the
+//! pool once the body has been read to its end.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::access_log;
+use super::h1pool::Lent;
 use crate::balance::InFlightGuard;
 
 #[derive(Debug)]
@@ -18,11 +21,21 @@ pub struct GuardedBody {
     inner: Incoming,
     _guard: Option<InFlightGuard>,
     access_log: access_log::Entry,
+    lent: Option<Lent>,
 }
 
 impl GuardedBody {
-    pub(super) fn new(inner: Incoming, guard: Option<InFlightGuard>) -> Self {
-        Self { inner, _guard: guard, access_log: access_log::Entry::default() }
+    pub(super) fn new(inner: Incoming, guard: Option<InFlightGuard>, lent: Option<Lent>) -> Self {
+        Self { inner, _guard: guard, access_log: access_log::Entry::default(), lent }
+    }
+
+    /// Returns the pooled connection once the body has ended.
+    fn release_if_ended(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lent) = self.lent.take()
+        {
+            lent.release();
+        }
     }
 
     /// The access-log line is sent when this body ends or is dropped.
@@ -44,6 +57,15 @@ impl Body for GuardedBody {
             super::headers::sanitize_trailers(trailers);
         }
         this.access_log.frame(&frame);
+        match &frame {
+            None => {
+                if let Some(lent) = this.lent.take() {
+                    lent.release();
+                }
+            }
+            Some(Ok(_)) => this.release_if_ended(),
+            Some(Err(_)) => this.lent = None,
+        }
         Poll::Ready(frame)
     }
 
@@ -53,6 +75,13 @@ impl Body for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for GuardedBody {
+    /// hyper drops a body without polling it again once it reports its end.
+    fn drop(&mut self) {
+        self.release_if_ended();
     }
 }
 

@@ -10,6 +10,7 @@ mod body;
 mod checks;
 mod client_ip;
 mod conn_state;
+mod h1pool;
 mod hash_key;
 mod headers;
 mod local;
@@ -27,9 +28,8 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 
-use crate::balance::InFlightGuard;
 use crate::metrics::Metrics;
-use crate::snapshot::{Backend, Endpoint, Route, SnapshotHandle, UpstreamProtocol};
+use crate::snapshot::{Backend, Route, SnapshotHandle, UpstreamProtocol};
 
 pub use access_log::{AccessLog, AccessLogTarget};
 pub use body::{ClientBody, GuardedBody};
@@ -40,7 +40,7 @@ pub use upgrade::{GOING_AWAY_GRACE, Tunnels};
 pub use upstream::{CaError, client_tls_config, parse_ca_pem};
 
 use body::BodyFailure;
-use upstream::{UpstreamClient, UpstreamClients};
+use upstream::UpstreamClients;
 
 /// Request body toward the upstream: the client's, or empty for a retry.
 pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
@@ -198,7 +198,9 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: every error becomes a response.
-    /// `state` is what the connection's raw-byte audit found.
+    /// `state` is what the connection's raw-byte audit found. One async
+    /// function down to the balancing: each level of nested futures is
+    /// copied when built, and the whole is several KiB.
     pub async fn serve(
         &self,
         req: Request<Incoming>,
@@ -206,9 +208,58 @@ impl Proxy {
         state: &ConnState,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
-        let mut entry = self.access_log_entry(&req, conn, start);
-        let response = self.route_and_forward(req, conn, state, start, &mut entry).await?;
-        Ok(entry.attach(response))
+        let mut log_entry = self.access_log_entry(&req, conn, start);
+        let entry = &mut log_entry;
+        let response = 'answer: {
+            if let Some(rejection) = state.rejection().or_else(|| checks::request_problem(&req)) {
+                self.metrics.requests.with_label_values(&["", "", rejection.status.as_str()]).inc();
+                break 'answer refuse(rejection);
+            }
+            let snapshot = self.snapshots.load();
+            let route = snapshot.router.route(request_host(&req), req.uri().path());
+            let Some(route) = route else {
+                self.metrics.requests.with_label_values(&["", "", StatusCode::NOT_FOUND.as_str()]).inc();
+                break 'answer local_response(StatusCode::NOT_FOUND, "no route for this host and path");
+            };
+            let backend = &snapshot.backends[route.backend];
+            entry.route(&route.source, &backend.service);
+            if route.https_redirect && !conn.tls {
+                self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "308"]).inc();
+                break 'answer local::https_redirect(request_host(&req), req.uri());
+            }
+            if checks::content_length(&req).is_some_and(|len| len > self.body_limit(route)) {
+                self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "413"]).inc();
+                break 'answer refuse(checks::TOO_LARGE);
+            }
+            let mut response = match &backend.unavailable {
+                Some(reason) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
+                None => {
+                    let trusted = &self.config.trusted_proxies;
+                    let client = ClientInfo {
+                        conn,
+                        ip: client_ip::client_ip(req.headers(), conn.peer.ip(), trusted),
+                        via_trusted_proxy: client_ip::is_trusted(conn.peer.ip(), trusted),
+                    };
+                    self.balance_and_forward(req, route, backend, client, start, entry).await
+                }
+            };
+            if conn.tls
+                && route.hsts
+                && let Some(hsts) = &self.config.hsts
+            {
+                response.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
+            }
+            self.metrics
+                .requests
+                .with_label_values(&[&*route.host, &*backend.service, response.status().as_str()])
+                .inc();
+            self.metrics
+                .request_duration
+                .with_label_values(&[&*backend.service])
+                .observe(start.elapsed().as_secs_f64());
+            response
+        };
+        Ok(log_entry.attach(response))
     }
 
     /// The request's access-log entry: inert when the log is off or the
@@ -217,57 +268,6 @@ impl Proxy {
         let Some(log) = &self.config.access_log else { return access_log::Entry::default() };
         let trusted = &self.config.trusted_proxies;
         log.begin(req, request_host(req), || client_ip::client_ip(req.headers(), conn.peer.ip(), trusted), start)
-    }
-
-    async fn route_and_forward(
-        &self,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-        state: &ConnState,
-        start: Instant,
-        entry: &mut access_log::Entry,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        if let Some(rejection) = state.rejection().or_else(|| checks::request_problem(&req)) {
-            self.metrics.requests.with_label_values(&["", "", rejection.status.as_str()]).inc();
-            return Ok(refuse(rejection));
-        }
-        let snapshot = self.snapshots.load();
-        let route = snapshot.router.route(request_host(&req), req.uri().path());
-        let Some(route) = route else {
-            self.metrics.requests.with_label_values(&["", "", StatusCode::NOT_FOUND.as_str()]).inc();
-            return Ok(local_response(StatusCode::NOT_FOUND, "no route for this host and path"));
-        };
-        let backend = &snapshot.backends[route.backend];
-        entry.route(&route.source, &backend.service);
-        if route.https_redirect && !conn.tls {
-            self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "308"]).inc();
-            return Ok(local::https_redirect(request_host(&req), req.uri()));
-        }
-        if checks::content_length(&req).is_some_and(|len| len > self.body_limit(route)) {
-            self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, "413"]).inc();
-            return Ok(refuse(checks::TOO_LARGE));
-        }
-        let mut response = match &backend.unavailable {
-            Some(reason) => local_response(StatusCode::SERVICE_UNAVAILABLE, reason),
-            None => {
-                let trusted = &self.config.trusted_proxies;
-                let client = ClientInfo {
-                    conn,
-                    ip: client_ip::client_ip(req.headers(), conn.peer.ip(), trusted),
-                    via_trusted_proxy: client_ip::is_trusted(conn.peer.ip(), trusted),
-                };
-                self.balance_and_forward(req, route, backend, client, start, entry).await
-            }
-        };
-        if conn.tls
-            && route.hsts
-            && let Some(hsts) = &self.config.hsts
-        {
-            response.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
-        }
-        self.metrics.requests.with_label_values(&[&*route.host, &*backend.service, response.status().as_str()]).inc();
-        self.metrics.request_duration.with_label_values(&[&*backend.service]).observe(start.elapsed().as_secs_f64());
-        Ok(response)
     }
 
     /// Picks the endpoint (affinity cookie first, then the backend's
@@ -303,6 +303,7 @@ impl Proxy {
             (Request::from_parts(parts, Either::Left(body)), failure)
         };
         let mut result = self.forward_to(req, backend, chosen, client, route.upstream).await;
+        self.count_error(&result);
         if result.is_err()
             && let Some(failure) = body_failure.get()
         {
@@ -332,6 +333,7 @@ impl Proxy {
                 Either::Right(Empty::new()),
             );
             result = self.forward_to(req, backend, chosen, client, route.upstream).await;
+            self.count_error(&result);
         }
         let endpoint = &backend.endpoints[chosen];
         entry.upstream(endpoint.addr, tried.len() + 1);
@@ -368,6 +370,13 @@ impl Proxy {
         response
     }
 
+    /// Counts a failed attempt in `switchyard_upstream_errors_total`.
+    fn count_error<T>(&self, result: &Result<T, ForwardError>) {
+        if let Err(err) = result {
+            self.metrics.upstream_errors.with_label_values(&[err.kind()]).inc();
+        }
+    }
+
     /// The route's request body size limit.
     fn body_limit(&self, route: &Route) -> u64 {
         route.max_body_size.unwrap_or(self.config.max_body_size)
@@ -383,9 +392,10 @@ impl Proxy {
         }
     }
 
+    /// One attempt on endpoint `i` (errors are counted by the caller).
     async fn forward_to(
         &self,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
         backend: &Backend,
         i: usize,
         client: ClientInfo,
@@ -393,40 +403,47 @@ impl Proxy {
     ) -> Result<Response<GuardedBody>, ForwardError> {
         let guard = backend.load(i).map(|l| l.start());
         let timeout = backend.balance.request_timeout.unwrap_or(self.config.upstream_timeout);
-        let upgrade = upgrade::requested(&req).is_some();
         let clients = self.clients_for(backend.balance.connect_timeout);
-        let upstream = Upstream { client: clients.pick(protocol, upgrade), protocol, endpoint: &backend.endpoints[i] };
-        let result = self.forward(upstream, req, client, guard, timeout).await;
-        if let Err(err) = &result {
-            self.metrics.upstream_errors.with_label_values(&[err.kind()]).inc();
-        }
-        result
-    }
-
-    async fn forward(
-        &self,
-        upstream: Upstream<'_>,
-        mut req: Request<UpstreamBody>,
-        client: ClientInfo,
-        guard: Option<InFlightGuard>,
-        timeout: Duration,
-    ) -> Result<Response<GuardedBody>, ForwardError> {
+        let endpoint = &backend.endpoints[i];
         let upgrade = upgrade::requested(&req);
         let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        let http2 = upstream.protocol.http2() && upgrade.is_none();
+        let http2 = protocol.http2() && upgrade.is_none();
         headers::prepare_request(&mut parts, upgrade.clone(), client, http2);
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let endpoint = upstream.endpoint;
+        parts.version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+
+        // Cleartext HTTP/1.1 without an upgrade, the common case, goes
+        // through our own pool; the rest through hyper-util's client.
+        if protocol == UpstreamProtocol::Http && upgrade.is_none() {
+            parts.uri = Uri::from(path);
+            if !parts.headers.contains_key(http::header::HOST)
+                && let Ok(host) = http::HeaderValue::from_str(endpoint.authority.as_str())
+            {
+                parts.headers.insert(http::header::HOST, host);
+            }
+            let sent = tokio::time::timeout(timeout, clients.h1.send(endpoint.addr, Request::from_parts(parts, body)));
+            let (mut resp, lent) = match sent.await {
+                Err(_elapsed) => return Err(ForwardError::Timeout(timeout)),
+                Ok(Err(h1pool::SendError::Connect)) => return Err(ForwardError::Connect),
+                Ok(Err(h1pool::SendError::Upstream)) => return Err(ForwardError::Upstream),
+                Ok(Ok(sent)) => sent,
+            };
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ForwardError::UnrequestedUpgrade);
+            }
+            headers::strip_hop_by_hop(resp.headers_mut());
+            return Ok(resp.map(|b| GuardedBody::new(b, guard, Some(lent))));
+        }
+
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if upstream.protocol.tls() { Scheme::HTTPS } else { Scheme::HTTP });
+        uri.scheme = Some(if protocol.tls() { Scheme::HTTPS } else { Scheme::HTTP });
         uri.authority = Some(endpoint.authority.clone());
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-        parts.version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-
-        let sent = tokio::time::timeout(timeout, upstream.client.request(Request::from_parts(parts, body)));
+        let upstream_client = clients.pick(protocol, upgrade.is_some());
+        let sent = tokio::time::timeout(timeout, upstream_client.request(Request::from_parts(parts, body)));
         let mut resp = match sent.await {
             Err(_elapsed) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(err)) if err.is_connect() => return Err(ForwardError::Connect),
@@ -445,19 +462,11 @@ impl Proxy {
             }
             // The tunnel holds the guard: a WebSocket counts while open.
             upgrade::tunnel(downstream, hyper::upgrade::on(&mut resp), endpoint.addr, guard, &self.tunnels);
-            return Ok(resp.map(|b| GuardedBody::new(b, None)));
+            return Ok(resp.map(|b| GuardedBody::new(b, None, None)));
         }
         headers::strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(|b| GuardedBody::new(b, guard)))
+        Ok(resp.map(|b| GuardedBody::new(b, guard, None)))
     }
-}
-
-/// Where one attempt goes: the endpoint, and the client for the route's
-/// protocol.
-struct Upstream<'a> {
-    client: &'a UpstreamClient,
-    protocol: UpstreamProtocol,
-    endpoint: &'a Endpoint,
 }
 
 /// RFC 9110 §9.2.2.

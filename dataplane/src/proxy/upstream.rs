@@ -1,5 +1,6 @@
-//! Pooled clients toward backends, one pair per connect timeout: HTTP/1.1
-//! (cleartext or TLS, upgrades included) and HTTP/2 (h2c prior knowledge or
+//! Pooled clients toward backends, one set per connect timeout: our own
+//! pool for cleartext HTTP/1.1 (`h1pool`), hyper-util's client for HTTP/1.1
+//! over TLS and for upgrades, and HTTP/2 (h2c prior knowledge or
 //! TLS with ALPN `h2`, for gRPC). Each keeps its own connection pool,
 //! shared by every worker thread.
 //!
@@ -24,6 +25,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::UpstreamBody;
+use super::h1pool::H1Pool;
 use crate::snapshot::UpstreamProtocol;
 
 pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
@@ -31,6 +33,8 @@ pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamB
 /// The clients of one connect timeout.
 #[derive(Clone, Debug)]
 pub(super) struct UpstreamClients {
+    /// Cleartext HTTP/1.1 without upgrades: see `h1pool`.
+    pub(super) h1: H1Pool,
     http1: UpstreamClient,
     http2: UpstreamClient,
 }
@@ -57,7 +61,8 @@ impl UpstreamClients {
                 .http2_only(http2_only)
                 .build(connector)
         };
-        Self { http1: client(http1, false), http2: client(http2, true) }
+        let h1 = H1Pool::new(connect_timeout, pool_idle_timeout);
+        Self { h1, http1: client(http1, false), http2: client(http2, true) }
     }
 
     /// The client for `protocol`; an upgrade (WebSocket) always goes over

@@ -1,0 +1,339 @@
+//! The pool of cleartext HTTP/1.1 connections to backends: the common
+//! case (`backend-protocol: HTTP`, no upgrade), kept off hyper-util's
+//! general client, whose per-request path builds a connector future even
+//! when a pooled connection is used and spawns a task per request to put
+//! the connection back.
+//!
+//! Connections are kept per endpoint address, shared by every worker
+//! thread, and handed out most recently used first (so that surplus ones
+//! age out). A connection goes back to the pool when its response body has
+//! been read to the end; one whose body was abandoned is closed, as HTTP/1
+//! cannot resume it. A request that never left a stale pooled connection
+//! is sent again on another one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::UpstreamBody;
+
+/// Idle connections kept per endpoint at most; more are closed.
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// Why a request could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SendError {
+    /// No connection could be opened (refused, unreachable, timed out).
+    Connect,
+    /// The connection failed while the request was under way.
+    Upstream,
+}
+
+/// See the module documentation.
+#[derive(Clone, Debug)]
+pub(super) struct H1Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
+    /// Whether the task that closes expired idle connections runs.
+    reaper: AtomicBool,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Pool")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// A connection lent to one request: it goes back to the pool by
+/// [`Lent::release`] once the response body has ended; dropped otherwise,
+/// which closes it.
+pub(crate) struct Lent {
+    pool: Weak<Inner>,
+    addr: SocketAddr,
+    sender: SendRequest<UpstreamBody>,
+}
+
+impl std::fmt::Debug for Lent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lent").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Lent {
+    /// Puts the connection back: to be called only when its response has
+    /// been read completely.
+    pub(crate) fn release(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put(self.addr, self.sender);
+        }
+    }
+}
+
+impl H1Pool {
+    pub(super) fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        let inner = Inner {
+            connect_timeout,
+            idle_timeout,
+            idle: Mutex::new(HashMap::default()),
+            reaper: AtomicBool::new(false),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Sends `req` (origin-form URI, Host set) to `addr` on a pooled
+    /// connection or a new one.
+    pub(super) async fn send(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Lent), SendError> {
+        while let Some(mut sender) = self.inner.take(addr) {
+            if sender.ready().await.is_err() {
+                continue; // closed while idle
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lend(addr, sender))),
+                Err(mut err) => match err.take_message() {
+                    // It never left: the connection closed in between.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Upstream),
+                },
+            }
+        }
+        // Boxed: the connect and handshake states would otherwise make
+        // every request's future larger, and futures are moved.
+        let mut sender = Box::pin(self.connect(addr)).await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, self.lend(addr, sender))),
+            Err(_) => Err(SendError::Upstream),
+        }
+    }
+
+    fn lend(&self, addr: SocketAddr, sender: SendRequest<UpstreamBody>) -> Lent {
+        Lent { pool: Arc::downgrade(&self.inner), addr, sender }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let stream = match tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(%addr, error = %err, "upstream connect failed");
+                return Err(SendError::Connect);
+            }
+            Err(_elapsed) => {
+                tracing::debug!(%addr, timeout = ?self.inner.connect_timeout, "upstream connect timed out");
+                return Err(SendError::Connect);
+            }
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%addr, error = %err, "TCP_NODELAY not set");
+        }
+        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|err| {
+            tracing::debug!(%addr, error = %err, "upstream handshake failed");
+            SendError::Connect
+        })?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%addr, error = %err, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Idle connections held for `addr` (tests).
+    #[cfg(test)]
+    fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.inner.lock().get(&addr).map_or(0, Vec::len)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used live connection to `addr`, if any.
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        let found = std::iter::from_fn(|| list.pop())
+            .find(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout)
+            .map(|c| c.sender);
+        if list.is_empty() {
+            idle.remove(&addr);
+        }
+        found
+    }
+
+    fn put(self: Arc<Self>, addr: SocketAddr, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        {
+            let mut idle = self.lock();
+            let list = idle.entry(addr).or_default();
+            if list.len() >= MAX_IDLE_PER_ENDPOINT {
+                return;
+            }
+            list.push(Idle { sender, since: Instant::now() });
+        }
+        if !self.reaper.swap(true, Ordering::Relaxed) {
+            Self::start_reaper(&self);
+        }
+    }
+
+    /// Closes expired and closed idle connections now and then, for as
+    /// long as the pool exists.
+    fn start_reaper(this: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            this.reaper.store(false, Ordering::Relaxed);
+            return;
+        };
+        let weak = Arc::downgrade(this);
+        let period = (this.idle_timeout / 2).max(Duration::from_millis(100));
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                let now = Instant::now();
+                pool.lock().retain(|_, list| {
+                    list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < pool.idle_timeout);
+                    !list.is_empty()
+                });
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Either, Empty};
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A backend on a real socket that counts the connections it accepts
+    /// and answers `hello`; `close` makes it close each connection after
+    /// one response.
+    async fn backend(close: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| async move {
+                        let mut resp = Response::new(http_body_util::Full::new(Bytes::from_static(b"hello")));
+                        if close {
+                            resp.headers_mut().insert("connection", "close".parse().unwrap());
+                        }
+                        Ok::<_, Infallible>(resp)
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(addr: SocketAddr) -> Request<UpstreamBody> {
+        Request::builder().uri("/").header("host", addr.to_string()).body(Either::Right(Empty::new())).unwrap()
+    }
+
+    async fn read_all(resp: Response<Incoming>) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_body_was_read() {
+        let (addr, accepted) = backend(false).await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..5 {
+            let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
+            assert_eq!(read_all(resp).await, "hello");
+            lent.release();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(addr), 1);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_response_does_not_return_its_connection() {
+        let (addr, accepted) = backend(false).await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
+        drop((resp, lent));
+        let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
+        assert_eq!(read_all(resp).await, "hello");
+        lent.release();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_the_backend_closed_are_not_used() {
+        let (addr, accepted) = backend(true).await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..3 {
+            let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
+            assert_eq!(read_all(resp).await, "hello");
+            lent.release();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn expired_idle_connections_are_closed() {
+        let (addr, accepted) = backend(false).await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_millis(200));
+        let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
+        read_all(resp).await;
+        lent.release();
+        assert_eq!(pool.idle_count(addr), 1);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(pool.idle_count(addr), 0, "the reaper closes it");
+        let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
+        read_all(resp).await;
+        lent.release();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        assert_eq!(pool.send(addr, get(addr)).await.unwrap_err(), SendError::Connect);
+    }
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind
+# (callgrind), for switchyard standalone and nginx: a figure that does not
+# move with the machine's load, unlike CPU time. Not part of the suite run.
+#
+#   bash tests/bench/instructions.sh [BINARY]
+#
+# Each proxy runs under callgrind in front of `switchyard echo` and serves
+# two h2load runs of keep-alive HTTP/1.1 requests (32 connections, GET
+# /bytes/64) in two separate processes, N1 and N2 requests; instructions
+# per request = (total(N2) - total(N1)) / (N2 - N1), so that start-up and
+# shutdown cancel out. Kernel time is not counted: this is the part of the
+# cost that the proxy's own code decides. Takes about two minutes.
+# Needs valgrind, h2load and nginx (Debian: valgrind, nghttp2-client, nginx).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${1:-$ROOT/target/release/switchyard}
+N1=${N1:-2000}
+N2=${N2:-12000}
+for tool in valgrind h2load nginx curl python3; do
+    command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is required" >&2; exit 2; }
+done
+[ -x "$BIN" ] || { echo "instructions.sh: $BIN is not executable (cargo build --release first)" >&2; exit 2; }
+
+WORK=$(mktemp -d /tmp/switchyard-instructions.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(free_port)
+"$BIN" echo --addr "127.0.0.1:$BACKEND" --name bench --workers 1 >"$WORK/echo.log" 2>&1 &
+PIDS+=($!)
+
+mkdir -p "$WORK/manifests"
+cat >"$WORK/manifests/bench.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: bench, namespace: bench}
+spec: {ports: [{name: http, port: 80, targetPort: $BACKEND}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: bench-1, namespace: bench, labels: {kubernetes.io/service-name: bench}}
+addressType: IPv4
+ports: [{name: http, port: $BACKEND}]
+endpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: bench, namespace: bench}
+spec:
+  ingressClassName: switchyard
+  rules:
+  - host: bench.local
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: bench, port: {number: 80}}}}]
+EOF
+
+# count TARGET N: total instructions of one proxy process that served N requests.
+count() {
+    local target=$1 n=$2 port out pid
+    port=$(free_port)
+    out="$WORK/callgrind.$target.$n"
+    if [ "$target" = switchyard ]; then
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" standalone --manifests "$WORK/manifests" \
+            --http-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers 1 --log warn \
+            >"$WORK/$target.log" 2>&1 &
+    else
+        cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server { listen 127.0.0.1:$port; keepalive_requests 1000000;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+EOF
+        valgrind --tool=callgrind --callgrind-out-file="$out" nginx -c "$WORK/nginx.conf" -p "$WORK" \
+            >"$WORK/$target.log" 2>&1 &
+    fi
+    pid=$!
+    PIDS+=("$pid")
+    local up=0
+    for _ in $(seq 300); do
+        if curl -sf -o /dev/null -H 'Host: bench.local' "http://127.0.0.1:$port/bytes/64"; then up=1; break; fi
+        sleep 0.2
+    done
+    [ "$up" = 1 ] || { echo "instructions.sh: $target did not start; log:" >&2; cat "$WORK/$target.log" >&2; exit 1; }
+    local done
+    done=$(h2load --h1 -n "$n" -c 32 -H ':authority: bench.local' "http://127.0.0.1:$port/bytes/64" |
+        awk '/^requests:/ {print $8}')
+    [ "$done" = "$n" ] || { echo "instructions.sh: $target answered $done of $n requests with 2xx" >&2; exit 1; }
+    if [ "$target" = switchyard ]; then kill -INT "$pid"; else kill -QUIT "$pid"; fi
+    wait "$pid" || true
+    awk '/^summary:/ {print $2}' "$out"
+}
+
+printf '%-12s %14s\n' target 'Ir/request'
+for target in switchyard nginx; do
+    a=$(count "$target" "$N1")
+    b=$(count "$target" "$N2")
+    printf '%-12s %14d\n' "$target" $(((b - a) / (N2 - N1)))
+done
