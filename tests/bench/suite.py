@@ -19,6 +19,7 @@ import load
 import procs
 import report
 import route_change
+import route_change_api
 import targets as tg
 
 PROXIES = ("switchyard", "nginx", "haproxy")
@@ -157,6 +158,16 @@ class Suite:
                 procs.stop(t.proc)
         self.extra["S8"] = out
 
+    def route_changes_api(self):
+        """S8 through the API server: its own control plane (tests/cluster),
+        backend and `switchyard run` per size (route_change_api.py)."""
+        a = self.args
+        out, wall = route_change_api.measure(a.binary, self.work, a.change_sizes, a.change_trials,
+                                             keep=bool(os.environ.get("BENCH_KEEP_WORK")))
+        self.extra["S8-API"] = out
+        self.extra["S8-API-elapsed_s"] = round(wall, 1)
+        log(f"  S8 through the API server took {wall:.0f} s")
+
     def endpoint_churn(self):
         """S7: no churn, then churn, on the same 10,000-endpoint proxy."""
         a = self.args
@@ -182,8 +193,14 @@ class Suite:
             self.round(rnd)
         for what, phase in (("memory with idle connections (S9) and idle WebSockets (S5)", self.idle_memory),
                             ("route change to first 200 (S8)", self.route_changes),
+                            ("route change to first 200 through the API server (S8)", self.route_changes_api),
                             ("10,000 endpoints, 10% replaced each second (S7)", self.endpoint_churn)):
             log(what)
+            skip = os.environ.get("BENCH_SKIP_API", "")
+            if phase == self.route_changes_api and skip not in ("", "0"):
+                self.extra["S8-API-skipped"] = f"BENCH_SKIP_API={skip}"
+                log(f"  skipped: BENCH_SKIP_API={skip}")
+                continue
             try:
                 phase()
             except Exception as err:  # report what was measured; the run still fails
@@ -236,6 +253,7 @@ def main():
     # S7's errors are its target (reported PASS/MISS), not a broken run.
     ours = sum(r["errors"] for r in suite.runs if r["target"] not in ("nginx", "haproxy") and r["scenario"] != "S7")
     ours += sum(r["errors"] for r in suite.extra.get("S8", {}).values())
+    ours += sum(r["errors"] for r in suite.extra.get("S8-API", {}).values())
     for failure in suite.failures:
         print(f"ERROR: {failure}", file=sys.stderr)
     if ours or suite.failures:
