@@ -211,7 +211,9 @@ pub struct RunArgs {
     /// How long a Lease is valid without renewal (failover time).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
-    /// Coalescing window for bursts of watch events.
+    /// Coalescing window for bursts of watch events: a change after a quiet
+    /// spell compiles at once; later ones wait until this long after the
+    /// previous compile ended, and are compiled together.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     pub debounce: Duration,
     #[command(flatten)]

@@ -1,7 +1,8 @@
 //! `switchyard run`: the in-cluster mode.
 //!
 //! Reflectors feed the same `World → compile → snapshot` path as standalone
-//! mode; bursts of watch events are coalesced. Every replica serves
+//! mode. Watch events that cannot change the snapshot (status writes) are
+//! dropped; a lone change compiles at once, bursts are coalesced. Every replica serves
 //! traffic; the Lease holder alone writes status and Events.
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::cli::RunArgs;
 use crate::leader::{self, LeaderConfig};
 use crate::publish::Publisher;
 use crate::runtime::Dataplane;
-use crate::source::cluster::{Stores, next_burst};
+use crate::source::cluster::{Debounce, Stores};
 use crate::status::{PublishSource, StatusInput, StatusWriter};
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -63,7 +64,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tasks.spawn(writer.run(status_rx, leading_rx));
 
     let mut publisher = Publisher::new(dataplane.snapshots.clone(), metrics.clone(), args.classes.to_config());
-    let debounce = args.debounce;
+    let mut debounce = Debounce::new(args.debounce);
     tasks.spawn(async move {
         let started = Instant::now();
         stores.wait_synced().await;
@@ -79,9 +80,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             if let Some(at) = received {
                 metrics.config_propagation.observe(Instant::elapsed(&at).as_secs_f64());
             }
+            debounce.compiled();
             let _ = status_tx
                 .send(Arc::new(StatusInput { served: compiled.served_ingresses, diagnostics: compiled.diagnostics }));
-            match next_burst(&mut changes, debounce).await {
+            match debounce.next_burst(&mut changes).await {
                 Some(at) => received = Some(at),
                 None => return,
             }

@@ -25,6 +25,7 @@ use switchyard_crds::BalancerPolicy;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
+use crate::source::relevant::{CompileInput, triggers_compile};
 use crate::world::{Object, ObjectKey, World};
 
 /// Field selector of the only Secrets we cache: TLS Secrets.
@@ -165,7 +166,8 @@ where
     }
 }
 
-/// Starts a reflector for `api` and returns its store. Every event sends a
+/// Starts a reflector for `api` and returns its store. Every event that
+/// can change what compile produces (see [`triggers_compile`]) sends a
 /// change notification; watch errors are logged (and retried with backoff).
 fn reflect<K>(
     tasks: &mut JoinSet<()>,
@@ -175,7 +177,7 @@ fn reflect<K>(
     on_error: Option<Arc<Notify>>,
 ) -> Store<K>
 where
-    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: CompileInput + Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     reflect_with(tasks, api, config, changes, on_error, |_: &mut K| {})
@@ -191,31 +193,49 @@ fn reflect_with<K>(
     modify: impl Fn(&mut K) + Send + Sync + 'static,
 ) -> Store<K>
 where
-    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: CompileInput + Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
-    let (reader, writer) = reflector::store();
+    let (reader, mut writer) = reflector::store();
+    let store = reader.clone();
     let changes = changes.clone();
-    let stream = watcher(api, config)
-        .backoff(WatchBackoff::default())
-        .modify(move |o: &mut K| {
-            // managedFields are large and never read: do not cache them.
-            o.managed_fields_mut().clear();
-            modify(o);
-        })
-        .reflect(writer);
+    let stream = watcher(api, config).backoff(WatchBackoff::default()).modify(move |o: &mut K| {
+        // managedFields are large and never read: do not cache them.
+        o.managed_fields_mut().clear();
+        modify(o);
+    });
     tasks.spawn(async move {
         let kind = K::kind(&K::DynamicType::default()).to_string();
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
+        // When the current relist began: what it brings was received from
+        // then on, though compile sees it only once it completes.
+        let mut relisting_since = None;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
+                Ok(event) => {
                     if failing {
                         tracing::info!(%kind, "watch recovered");
                         failing = false;
                     }
-                    let _ = changes.send(Instant::now());
+                    let received = Instant::now();
+                    // Judged before the store takes the event, while it
+                    // still holds the previous version of the object.
+                    let relevant = triggers_compile(&store, &event);
+                    // What `WatchStreamExt::reflect` does (the store is not
+                    // shared, so there is nothing to dispatch).
+                    writer.apply_watcher_event(&event);
+                    let at = match event {
+                        watcher::Event::Init => {
+                            relisting_since = Some(received);
+                            received
+                        }
+                        watcher::Event::InitDone => relisting_since.take().unwrap_or(received),
+                        _ => received,
+                    };
+                    if relevant {
+                        let _ = changes.send(at);
+                    }
                 }
                 Err(err) => {
                     if !failing {
@@ -270,17 +290,48 @@ impl Backoff for WatchBackoff {
     }
 }
 
-/// Coalesces a burst of change notifications: waits `window` after the
-/// first, drains the rest, and returns the earliest instant (or `None` when
-/// every sender is gone).
-pub async fn next_burst(rx: &mut mpsc::UnboundedReceiver<Changed>, window: Duration) -> Option<Changed> {
-    let first = rx.recv().await?;
-    tokio::time::sleep(window).await;
-    let mut earliest = first;
-    while let Ok(t) = rx.try_recv() {
-        earliest = earliest.min(t);
+/// Coalesces change notifications into compiles: at most one compile
+/// starts per `window` after the previous one ended.
+///
+/// * Leading edge: the first change after a quiet spell (no compile ended
+///   within `window`) is compiled at once, with whatever else is queued.
+/// * Trailing edge: changes that arrive during a compile, or within
+///   `window` after it, wait until `window` after that compile ended and are
+///   then compiled together.
+///
+/// Under sustained events compiles are therefore at least `window` apart
+/// (end to start), as with a plain debounce, while a lone change does not
+/// wait.
+#[derive(Debug)]
+pub struct Debounce {
+    window: Duration,
+    /// No compile starts before this instant.
+    quiet_until: Option<tokio::time::Instant>,
+}
+
+impl Debounce {
+    pub fn new(window: Duration) -> Self {
+        Self { window, quiet_until: None }
     }
-    Some(earliest)
+
+    /// Records that a compile just ended.
+    pub fn compiled(&mut self) {
+        self.quiet_until = Some(tokio::time::Instant::now() + self.window);
+    }
+
+    /// Waits for the changes of the next compile; returns the earliest
+    /// instant one of them was received (or `None` when every sender is
+    /// gone).
+    pub async fn next_burst(&mut self, rx: &mut mpsc::UnboundedReceiver<Changed>) -> Option<Changed> {
+        let mut earliest = rx.recv().await?;
+        if let Some(until) = self.quiet_until {
+            tokio::time::sleep_until(until).await;
+        }
+        while let Ok(t) = rx.try_recv() {
+            earliest = earliest.min(t);
+        }
+        Some(earliest)
+    }
 }
 
 /// Which TLS Secrets' data the process holds: those the Ingresses in the
@@ -390,6 +441,93 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    /// A [`Debounce`] whose last compile ended long ago.
+    fn idle(window: Duration) -> Debounce {
+        let mut debounce = Debounce::new(window);
+        debounce.quiet_until = tokio::time::Instant::now().checked_sub(Duration::from_secs(1));
+        debounce
+    }
+
+    // These run on real time (tokio's paused clock needs its `test-util`
+    // feature, which would rebuild every tokio dependent): the windows are
+    // chosen so that only lower bounds, or bounds far from the window, are
+    // asserted.
+
+    /// A lone change, with no compile in the last window, compiles at once
+    /// (the window is a minute: waiting for it would fail the test).
+    #[tokio::test]
+    async fn a_lone_change_compiles_without_waiting_for_the_window() {
+        for mut debounce in [Debounce::new(Duration::from_secs(60)), idle(Duration::from_secs(60))] {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let at = Instant::now();
+            tx.send(at).unwrap();
+            let burst = tokio::time::timeout(Duration::from_secs(10), debounce.next_burst(&mut rx)).await;
+            assert_eq!(burst.expect("compiled at once"), Some(at));
+        }
+    }
+
+    /// Changes that arrive right after a compile wait until one window after
+    /// it, and are compiled together, with the earliest receipt time.
+    #[tokio::test]
+    async fn changes_after_a_compile_wait_out_the_window_and_coalesce() {
+        let window = Duration::from_millis(300);
+        let mut debounce = idle(window);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        debounce.compiled();
+        let compiled = tokio::time::Instant::now();
+        let earliest = Instant::now();
+        tx.send(earliest + Duration::from_millis(2)).unwrap();
+        tx.send(earliest).unwrap();
+        let late = tx.clone();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            late.send(Instant::now()).unwrap();
+        });
+        assert_eq!(debounce.next_burst(&mut rx).await, Some(earliest));
+        assert!(compiled.elapsed() >= window, "waited only {:?}", compiled.elapsed());
+        sender.await.unwrap();
+        assert!(rx.try_recv().is_err(), "the change sent during the wait is part of the burst");
+    }
+
+    /// Under a steady stream of changes, compiles are at least one window
+    /// apart (end to start): never more than one per window.
+    #[tokio::test]
+    async fn sustained_changes_compile_at_most_once_per_window() {
+        let window = Duration::from_millis(50);
+        let compile = Duration::from_millis(5);
+        let mut debounce = Debounce::new(window);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let producer = tokio::spawn(async move {
+            for _ in 0..300 {
+                if tx.send(Instant::now()).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let mut ends: Vec<tokio::time::Instant> = Vec::new();
+        let mut compiles = 0;
+        while let Some(_at) = debounce.next_burst(&mut rx).await {
+            let start = tokio::time::Instant::now();
+            if let Some(end) = ends.last() {
+                assert!(start - *end >= window, "compile {compiles} started {:?} after the last", start - *end);
+            }
+            compiles += 1;
+            tokio::time::sleep(compile).await;
+            debounce.compiled();
+            ends.push(tokio::time::Instant::now());
+        }
+        producer.await.unwrap();
+        assert!(compiles >= 2, "the stream was compiled in several bursts ({compiles})");
+    }
+
+    #[tokio::test]
+    async fn no_burst_once_every_sender_is_gone() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Changed>();
+        drop(tx);
+        assert_eq!(Debounce::new(Duration::from_millis(1)).next_burst(&mut rx).await, None);
     }
 
     #[test]
