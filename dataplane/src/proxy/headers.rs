@@ -23,6 +23,9 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, client: ClientInfo, http2: bool) {
     let conn = client.conn;
     let headers = &mut parts.headers;
+    // Room for the fields added below at once (hyper sizes the map for the
+    // fields it parsed; growing it field by field rehashes it twice).
+    headers.reserve(6);
     let te_trailers = http2
         && headers
             .get_all(header::TE)
