@@ -105,4 +105,19 @@ impl World {
             Object::BalancerPolicy(o) => self.policies.insert(key, *o).is_none(),
         }
     }
+
+    /// Removes the object of `kind` (as [`Object::kind`] names it) and
+    /// `key`; returns whether it was present.
+    pub fn remove(&mut self, kind: &str, key: &ObjectKey) -> bool {
+        match kind {
+            "Ingress" => self.ingresses.remove(key).is_some(),
+            "IngressClass" => self.ingress_classes.remove(&key.name).is_some(),
+            "Service" => self.services.remove(key).is_some(),
+            "EndpointSlice" => self.endpoint_slices.remove(key).is_some(),
+            "Secret" => self.secrets.remove(key).is_some(),
+            "ConfigMap" => self.config_maps.remove(key).is_some(),
+            "BalancerPolicy" => self.policies.remove(key).is_some(),
+            _ => false,
+        }
+    }
 }

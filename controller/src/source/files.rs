@@ -11,7 +11,7 @@
 //! first) or briefly absent (editors that save by delete-and-recreate) never
 //! empties the routing table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -53,7 +53,26 @@ pub struct ManifestDir {
     /// closed, or renamed into place: complete, applied without settling.
     /// (By file name: the directory is watched non-recursively.)
     complete: BTreeSet<std::ffi::OsString>,
+    /// The world of the last call to [`ManifestDir::world`], kept so that a
+    /// change to one file does not rebuild (and clone) every object.
+    built: Option<Built>,
+    /// Files changed (or gone) since `built` was made.
+    dirty: BTreeSet<PathBuf>,
 }
+
+/// A world and where its objects came from.
+#[derive(Debug, Default)]
+struct Built {
+    world: World,
+    origins: Origins,
+    /// The objects each file contributes.
+    by_file: HashMap<PathBuf, Vec<ObjectId>>,
+    /// Objects defined in more than one file: a change that touches one
+    /// rebuilds everything, so that the first file by name keeps winning.
+    duplicated: HashSet<ObjectId>,
+}
+
+type ObjectId = (&'static str, ObjectKey);
 
 /// What a rescan found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -72,6 +91,8 @@ impl ManifestDir {
             unsettled: BTreeMap::new(),
             started: false,
             complete: BTreeSet::new(),
+            built: None,
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -124,6 +145,7 @@ impl ManifestDir {
             }
             self.unsettled.remove(&path);
             changed = true;
+            self.dirty.insert(path.clone());
             let state = self.files.entry(path.clone()).or_insert(FileState { fingerprint, objects: Vec::new() });
             state.fingerprint = fingerprint;
             let text = match std::fs::read_to_string(&path) {
@@ -151,6 +173,7 @@ impl ManifestDir {
             if self.unsettled.get(&path) == Some(&None) {
                 self.unsettled.remove(&path);
                 self.files.remove(&path);
+                self.dirty.insert(path);
                 changed = true;
             } else {
                 self.unsettled.insert(path, None);
@@ -164,24 +187,79 @@ impl ManifestDir {
 
     /// The world made of every file's last good objects. An object defined
     /// in two files is taken from the first by file name (and logged).
-    pub fn world(&self) -> (World, Origins) {
-        let mut world = World::default();
-        let mut origins = Origins::new();
-        for (path, state) in &self.files {
+    /// Updated in place for the files changed since the last call; rebuilt
+    /// when a change touches an object defined twice.
+    pub fn world(&mut self) -> (&World, &Origins) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let updated = match self.built.as_mut() {
+            Some(built) => dirty.iter().all(|path| built.update(path, self.files.get(path))),
+            None => false,
+        };
+        if !updated {
+            self.built = Some(Built::from_files(&self.files));
+        }
+        let built = self.built.as_ref().expect("built above");
+        (&built.world, &built.origins)
+    }
+}
+
+impl Built {
+    fn from_files(files: &BTreeMap<PathBuf, FileState>) -> Self {
+        let mut built = Built::default();
+        for (path, state) in files {
+            let mut ids = Vec::with_capacity(state.objects.len());
             for object in &state.objects {
                 let id = (object.kind(), object.key());
-                if let Some(first) = origins.get(&id) {
+                if let Some(first) = built.origins.get(&id) {
                     tracing::warn!(
                         file = %path.display(), kind = id.0, object = %id.1, first = %first.display(),
                         "object defined twice; using the first file's"
                     );
+                    built.duplicated.insert(id);
                     continue;
                 }
-                world.insert(object.clone());
-                origins.insert(id, path.clone());
+                built.world.insert(object.clone());
+                built.origins.insert(id.clone(), path.clone());
+                ids.push(id);
             }
+            built.by_file.insert(path.clone(), ids);
         }
-        (world, origins)
+        built
+    }
+
+    /// Replaces what `path` contributed by its current objects (`None`:
+    /// the file is gone). False when that cannot be done in place (an
+    /// object defined elsewhere too): the caller rebuilds.
+    fn update(&mut self, path: &Path, state: Option<&FileState>) -> bool {
+        let objects = state.map_or(&[][..], |s| &s.objects[..]);
+        let old = self.by_file.get(path).map_or(&[][..], |ids| &ids[..]);
+        let mut new_ids = Vec::with_capacity(objects.len());
+        let mut seen = HashSet::with_capacity(objects.len());
+        for object in objects {
+            let id = (object.kind(), object.key());
+            let elsewhere = self.origins.get(&id).is_some_and(|p| p != path);
+            if elsewhere || self.duplicated.contains(&id) || !seen.insert(id.clone()) {
+                return false;
+            }
+            new_ids.push(id);
+        }
+        if old.iter().any(|id| self.duplicated.contains(id)) {
+            return false;
+        }
+        for id in old {
+            self.world.remove(id.0, &id.1);
+            self.origins.remove(id);
+        }
+        for (object, id) in objects.iter().zip(&new_ids) {
+            self.world.insert(object.clone());
+            self.origins.insert(id.clone(), path.to_path_buf());
+        }
+        if state.is_some() {
+            self.by_file.insert(path.to_path_buf(), new_ids);
+        } else {
+            self.by_file.remove(path);
+        }
+        true
     }
 }
 
@@ -230,7 +308,7 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
             Ok(scan) => {
                 if scan.changed || first {
                     let (world, origins) = dir.world();
-                    on_change(&world, &origins);
+                    on_change(world, origins);
                     first = false;
                 }
                 scan.unsettled
@@ -292,6 +370,55 @@ mod tests {
         assert_eq!(dir.world().0.services.len(), 1);
         assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
         assert!(dir.world().0.services.is_empty());
+    }
+
+    /// The world kept up to date file by file is the one a full rebuild
+    /// makes, through edits, duplicates (first file by name wins), deletes
+    /// and an object moving between files.
+    #[test]
+    fn the_world_updated_in_place_equals_a_rebuild() {
+        let svc = |name: &str, port: u16| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: {port}}}]}}\n")
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        let step = |dir: &mut ManifestDir, writes: &[(&str, Option<String>)]| {
+            for (file, text) in writes {
+                let path = tmp.path().join(file);
+                match text {
+                    Some(text) => std::fs::write(&path, text).unwrap(),
+                    None => std::fs::remove_file(&path).unwrap(),
+                }
+                dir.note_event(&path, true);
+            }
+            // Deletes need a second scan.
+            for _ in 0..3 {
+                if !dir.rescan().unwrap().unsettled {
+                    break;
+                }
+            }
+            let rebuilt = Built::from_files(&dir.files);
+            let (world, origins) = dir.world();
+            assert_eq!(world.services, rebuilt.world.services);
+            assert_eq!(*origins, rebuilt.origins);
+            world
+                .services
+                .iter()
+                .map(|(k, s)| (k.name.clone(), s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port))
+                .collect::<Vec<_>>()
+        };
+        let ports = step(&mut dir, &[("a.yaml", Some(svc("web", 80))), ("b.yaml", Some(svc("api", 90)))]);
+        assert_eq!(ports, [("api".to_string(), 90), ("web".to_string(), 80)]);
+        let ports = step(&mut dir, &[("a.yaml", Some(svc("web", 81)))]);
+        assert_eq!(ports, [("api".to_string(), 90), ("web".to_string(), 81)]);
+        let ports = step(&mut dir, &[("c.yaml", Some(svc("web", 82)))]);
+        assert_eq!(ports, [("api".to_string(), 90), ("web".to_string(), 81)], "a.yaml is first by name");
+        let ports = step(&mut dir, &[("a.yaml", None)]);
+        assert_eq!(ports, [("api".to_string(), 90), ("web".to_string(), 82)], "c.yaml's copy takes over");
+        let ports = step(&mut dir, &[("b.yaml", Some(String::new())), ("a.yaml", Some(svc("api", 91)))]);
+        assert_eq!(ports, [("api".to_string(), 91), ("web".to_string(), 82)]);
+        let ports = step(&mut dir, &[("d.yaml", Some(format!("{}---\n{}", svc("db", 5432), svc("cache", 6379))))]);
+        assert_eq!(ports.len(), 4);
     }
 
     #[test]
