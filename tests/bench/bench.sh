@@ -3,13 +3,14 @@
 # HAProxy as one-worker reverse proxies, and the backend directly,
 # scenario by scenario, interleaved, in ROUNDS rounds.
 #
-#   bash tests/bench/bench.sh                         # 3 rounds x 6 s (~11 min + build)
-#   ROUNDS=1 DURATION=2s bash tests/bench/bench.sh    # smoke run (~2 min)
+#   bash tests/bench/bench.sh                         # 3 rounds x 6 s (~12 min + build)
+#   ROUNDS=1 DURATION=2s bash tests/bench/bench.sh    # smoke run (a few minutes)
 #
 # Installs nginx, HAProxy, wrk and h2load from Debian when missing, builds
 # the release binary once, then runs tests/bench/suite.py: proxies pinned
 # on core 0, load generators and the echo backend on core 1, traffic on
-# loopback only. Prints a table and writes tests/bench/results/latest.json
+# loopback, plus (S8 through the API server, root) a veth pair into a
+# network namespace the suite creates and deletes. Prints a table and writes tests/bench/results/latest.json
 # (BENCH_OUT overrides). Exits non-zero on errors (failed requests, a
 # target that does not start), never on missed performance targets.
 # Method and latest figures: docs/performance.md.
