@@ -63,6 +63,13 @@ impl Body for GuardedBody {
                     lent.release();
                 }
             }
+            // hyper's server drops the body after trailers without asking
+            // for more; they end the response.
+            Some(Ok(f)) if f.is_trailers() => {
+                if let Some(lent) = this.lent.take() {
+                    lent.release();
+                }
+            }
             Some(Ok(_)) => this.release_if_ended(),
             Some(Err(_)) => this.lent = None,
         }

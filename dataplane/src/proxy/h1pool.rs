@@ -82,11 +82,29 @@ impl std::fmt::Debug for Lent {
 
 impl Lent {
     /// Puts the connection back: to be called only when its response has
-    /// been read completely.
+    /// been read completely. Usually it is ready for the next request by
+    /// then; when it is not (a backend that answered before reading the
+    /// whole request body, which is still being sent), it goes back once
+    /// it is, so that no request waits behind it.
     pub(crate) fn release(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.put(self.addr, self.sender);
+        let Lent { pool, addr, mut sender } = self;
+        if sender.is_ready() {
+            if let Some(pool) = pool.upgrade() {
+                pool.put(addr, sender);
+            }
+            return;
         }
+        if sender.is_closed() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            if sender.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                pool.put(addr, sender);
+            }
+        });
     }
 }
 
@@ -109,9 +127,6 @@ impl H1Pool {
         mut req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Lent), SendError> {
         while let Some(mut sender) = self.inner.take(addr) {
-            if sender.ready().await.is_err() {
-                continue; // closed while idle
-            }
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, self.lend(addr, sender))),
                 Err(mut err) => match err.take_message() {
@@ -178,8 +193,10 @@ impl Inner {
         let mut idle = self.lock();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
+        // Only connections ready for a request go in; one that is not
+        // ready any more is closing.
         let found = std::iter::from_fn(|| list.pop())
-            .find(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout)
+            .find(|c| c.sender.is_ready() && now.duration_since(c.since) < self.idle_timeout)
             .map(|c| c.sender);
         if list.is_empty() {
             idle.remove(&addr);
@@ -188,7 +205,7 @@ impl Inner {
     }
 
     fn put(self: Arc<Self>, addr: SocketAddr, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+        if !sender.is_ready() {
             return;
         }
         {
@@ -326,6 +343,113 @@ mod tests {
         read_all(resp).await;
         lent.release();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A backend that answers as soon as it has a request head, reads the
+    /// body afterwards, and keeps the connection: the response can end
+    /// while the request body is still being sent.
+    async fn early_answering_backend() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut seen = Vec::new();
+                    // One answer per request head; body bytes are read and ignored.
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                        if seen.len() > 8 * 1024 {
+                            seen.clear(); // body bytes
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// The response ends while the request body is still being uploaded:
+    /// the connection is not handed to the next request (which would wait
+    /// for the upload) but opened anew.
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_is_not_lent_again() {
+        let backend = early_answering_backend().await;
+        let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        // The request body must be a client's (`ClientBody` over hyper's
+        // `Incoming`): a front server hands the pool what a client sends it.
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let (incoming_tx, mut incoming_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (stream, _) = front.accept().await.unwrap();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let tx = incoming_tx.clone();
+                async move {
+                    let (body, _failure) = super::super::ClientBody::new(req.into_body(), u64::MAX);
+                    let _ = tx.send(body);
+                    // Keep the front request open while the test runs.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+        // A client whose upload never finishes.
+        let (mut client, conn) = hyper::client::conn::http1::handshake::<_, ChannelBody>(TokioIo::new(
+            tokio::net::TcpStream::connect(front_addr).await.unwrap(),
+        ))
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let upload = Request::post("/").header("host", "front").header("content-length", "1000000");
+        tokio::spawn(client.send_request(upload.body(ChannelBody(chunks_rx)).unwrap()));
+        chunks_tx.send(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+        let body = tokio::time::timeout(Duration::from_secs(5), incoming_rx.recv()).await.unwrap().unwrap();
+
+        let upload = Request::post("/")
+            .header("host", backend.to_string())
+            .header("content-length", "1000000")
+            .body(Either::Left(body))
+            .unwrap();
+        let (resp, lent) = pool.send(backend, upload).await.unwrap();
+        assert_eq!(read_all(resp).await, "early");
+        lent.release();
+        // The next request must not queue behind the unfinished upload.
+        let next = tokio::time::timeout(Duration::from_secs(3), pool.send(backend, get(backend))).await;
+        let (resp, lent) = next.expect("the next request waited for the upload").unwrap();
+        assert_eq!(read_all(resp).await, "early");
+        lent.release();
+        drop(chunks_tx);
+    }
+
+    /// A request body fed from a channel: it ends when the sender is
+    /// dropped.
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl http_body::Body for ChannelBody {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+        }
     }
 
     #[tokio::test]
