@@ -29,9 +29,12 @@ impl GuardedBody {
         Self { inner, _guard: guard, access_log: access_log::Entry::default(), lent }
     }
 
-    /// Returns the pooled connection once the body has ended.
-    fn release_if_ended(&mut self) {
-        if self.inner.is_end_stream()
+    /// Returns the pooled connection once the body has ended (`ended`, or
+    /// the body says so); a failed body closes it.
+    fn settle_connection(&mut self, ended: bool, failed: bool) {
+        if failed {
+            self.lent = None;
+        } else if (ended || self.inner.is_end_stream())
             && let Some(lent) = self.lent.take()
         {
             lent.release();
@@ -57,22 +60,10 @@ impl Body for GuardedBody {
             super::headers::sanitize_trailers(trailers);
         }
         this.access_log.frame(&frame);
-        match &frame {
-            None => {
-                if let Some(lent) = this.lent.take() {
-                    lent.release();
-                }
-            }
-            // hyper's server drops the body after trailers without asking
-            // for more; they end the response.
-            Some(Ok(f)) if f.is_trailers() => {
-                if let Some(lent) = this.lent.take() {
-                    lent.release();
-                }
-            }
-            Some(Ok(_)) => this.release_if_ended(),
-            Some(Err(_)) => this.lent = None,
-        }
+        // hyper's server drops the body after trailers without asking for
+        // more: they end the response, as `None` does.
+        let ended = frame.as_ref().is_none_or(|f| f.as_ref().is_ok_and(Frame::is_trailers));
+        this.settle_connection(ended, matches!(frame, Some(Err(_))));
         Poll::Ready(frame)
     }
 
@@ -88,7 +79,7 @@ impl Body for GuardedBody {
 impl Drop for GuardedBody {
     /// hyper drops a body without polling it again once it reports its end.
     fn drop(&mut self) {
-        self.release_if_ended();
+        self.settle_connection(false, false);
     }
 }
 

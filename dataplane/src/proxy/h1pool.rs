@@ -292,14 +292,20 @@ mod tests {
         resp.into_body().collect().await.unwrap().to_bytes()
     }
 
+    /// A GET through the pool, read to the end; the connection goes back.
+    async fn fetch(pool: &H1Pool, addr: SocketAddr) -> Bytes {
+        let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
+        let body = read_all(resp).await;
+        lent.release();
+        body
+    }
+
     #[tokio::test]
     async fn a_connection_is_reused_once_its_body_was_read() {
         let (addr, accepted) = backend(false).await;
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..5 {
-            let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
-            assert_eq!(read_all(resp).await, "hello");
-            lent.release();
+            assert_eq!(fetch(&pool, addr).await, "hello");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(addr), 1);
@@ -311,9 +317,7 @@ mod tests {
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
         let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
         drop((resp, lent));
-        let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
-        assert_eq!(read_all(resp).await, "hello");
-        lent.release();
+        assert_eq!(fetch(&pool, addr).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -322,9 +326,7 @@ mod tests {
         let (addr, accepted) = backend(true).await;
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..3 {
-            let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
-            assert_eq!(read_all(resp).await, "hello");
-            lent.release();
+            assert_eq!(fetch(&pool, addr).await, "hello");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
@@ -333,15 +335,11 @@ mod tests {
     async fn expired_idle_connections_are_closed() {
         let (addr, accepted) = backend(false).await;
         let pool = H1Pool::new(Duration::from_secs(1), Duration::from_millis(200));
-        let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
-        read_all(resp).await;
-        lent.release();
+        assert_eq!(fetch(&pool, addr).await, "hello");
         assert_eq!(pool.idle_count(addr), 1);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(pool.idle_count(addr), 0, "the reaper closes it");
-        let (resp, lent) = pool.send(addr, get(addr)).await.unwrap();
-        read_all(resp).await;
-        lent.release();
+        assert_eq!(fetch(&pool, addr).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 

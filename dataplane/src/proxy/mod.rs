@@ -416,7 +416,7 @@ impl Proxy {
 
         // Cleartext HTTP/1.1 without an upgrade, the common case, goes
         // through our own pool; the rest through hyper-util's client.
-        if protocol == UpstreamProtocol::Http && upgrade.is_none() {
+        let (mut resp, lent) = if protocol == UpstreamProtocol::Http && upgrade.is_none() {
             parts.uri = Uri::from(path);
             if !parts.headers.contains_key(http::header::HOST)
                 && let Ok(host) = http::HeaderValue::from_str(endpoint.authority.as_str())
@@ -424,31 +424,26 @@ impl Proxy {
                 parts.headers.insert(http::header::HOST, host);
             }
             let sent = tokio::time::timeout(timeout, clients.h1.send(endpoint.addr, Request::from_parts(parts, body)));
-            let (mut resp, lent) = match sent.await {
+            match sent.await {
                 Err(_elapsed) => return Err(ForwardError::Timeout(timeout)),
                 Ok(Err(h1pool::SendError::Connect)) => return Err(ForwardError::Connect),
                 Ok(Err(h1pool::SendError::Upstream)) => return Err(ForwardError::Upstream),
-                Ok(Ok(sent)) => sent,
-            };
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(ForwardError::UnrequestedUpgrade);
+                Ok(Ok((resp, lent))) => (resp, Some(lent)),
             }
-            headers::strip_hop_by_hop(resp.headers_mut());
-            return Ok(resp.map(|b| GuardedBody::new(b, guard, Some(lent))));
-        }
-
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if protocol.tls() { Scheme::HTTPS } else { Scheme::HTTP });
-        uri.authority = Some(endpoint.authority.clone());
-        uri.path_and_query = Some(path);
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-        let upstream_client = clients.pick(protocol, upgrade.is_some());
-        let sent = tokio::time::timeout(timeout, upstream_client.request(Request::from_parts(parts, body)));
-        let mut resp = match sent.await {
-            Err(_elapsed) => return Err(ForwardError::Timeout(timeout)),
-            Ok(Err(err)) if err.is_connect() => return Err(ForwardError::Connect),
-            Ok(Err(_)) => return Err(ForwardError::Upstream),
-            Ok(Ok(resp)) => resp,
+        } else {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if protocol.tls() { Scheme::HTTPS } else { Scheme::HTTP });
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(path);
+            parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+            let upstream_client = clients.pick(protocol, upgrade.is_some());
+            let sent = tokio::time::timeout(timeout, upstream_client.request(Request::from_parts(parts, body)));
+            match sent.await {
+                Err(_elapsed) => return Err(ForwardError::Timeout(timeout)),
+                Ok(Err(err)) if err.is_connect() => return Err(ForwardError::Connect),
+                Ok(Err(_)) => return Err(ForwardError::Upstream),
+                Ok(Ok(resp)) => (resp, None),
+            }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(downstream) = downstream_upgrade else {
@@ -465,7 +460,7 @@ impl Proxy {
             return Ok(resp.map(|b| GuardedBody::new(b, None, None)));
         }
         headers::strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(|b| GuardedBody::new(b, guard, None)))
+        Ok(resp.map(|b| GuardedBody::new(b, guard, lent)))
     }
 }
 
