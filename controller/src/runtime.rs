@@ -90,6 +90,7 @@ impl Dataplane {
             },
             max_headers: self.args.max_headers,
             proxy_protocol: self.args.proxy_protocol,
+            ..ListenerConfig::default()
         };
         let proxy = Arc::new(Proxy::new(self.snapshots.clone(), self.metrics.clone(), proxy_config));
         let admin_state = Arc::new(AdminState::new(self.snapshots.clone(), self.metrics.clone()));

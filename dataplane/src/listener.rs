@@ -5,6 +5,8 @@
 //! Every HTTP/1 connection is read through an [`audit`] of its raw bytes
 //! (framing hyper repairs silently, exact head sizes) and two timers (slow
 //! head, idle keep-alive); at most `max_connections` are served at once.
+//! Plaintext HTTP/1 connections release hyper's buffers while idle (see
+//! [`h1`]).
 //! With `proxy_protocol`, each connection first gives its client's address
 //! in a PROXY header (see [`proxy_protocol`]).
 //!
@@ -15,9 +17,11 @@
 
 pub mod audit;
 mod conn_io;
+mod h1;
 mod peek;
 pub mod proxy_protocol;
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +29,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-use hyper::service::service_fn;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -35,7 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::proxy::{ConnInfo, ConnState, GOING_AWAY_GRACE, Proxy, RequestGuard};
+use crate::proxy::{ConnInfo, ConnState, GOING_AWAY_GRACE, Proxy, ProxyBody, RequestGuard};
 use crate::snapshot::Snapshot;
 use crate::tcp;
 use crate::tls::Selected;
@@ -50,6 +55,9 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// How long a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
+    /// A plaintext HTTP/1 connection idle this long between requests frees
+    /// its HTTP buffers and state until its next request (see [`h1`]).
+    pub release_idle_after: Duration,
     /// How long in-flight requests may run after shutdown starts.
     pub drain_timeout: Duration,
     /// Connections served at once; further ones wait in the kernel's
@@ -71,6 +79,7 @@ impl Default for ListenerConfig {
         Self {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            release_idle_after: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(20),
             max_connections: None,
             head_limits: HeadLimits::default(),
@@ -176,12 +185,16 @@ async fn serve(
     // The head timeout is the audited socket's (hyper's would also run
     // while a keep-alive connection is idle); hyper's buffer limit is a
     // backstop past the audit's exact head limits.
+    let max_buf_size = config.head_limits.max_head().max(8192);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_headers(config.max_headers)
-        .max_buf_size(config.head_limits.max_head().max(8192));
+        .max_buf_size(max_buf_size);
+    // The same, for plaintext HTTP/1 served without the auto builder.
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new()).header_read_timeout(None).max_headers(config.max_headers).max_buf_size(max_buf_size);
     // Idle HTTP/2 connections are pinged, and closed when the peer is gone.
     builder
         .http2()
@@ -194,6 +207,7 @@ async fn serve(
     let relays = Arc::new(Relays::default());
     let conns = Arc::new(Connections {
         builder,
+        h1,
         proxy: proxy.clone(),
         config: config.clone(),
         drain: drain.clone(),
@@ -335,6 +349,7 @@ fn accept_now(listener: &TcpListener) -> Option<(TcpStream, std::net::SocketAddr
 /// dropped before the drain waits for the connections it watches.
 struct Connections {
     builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
     proxy: Arc<Proxy>,
     config: ListenerConfig,
     drain: Drain,
@@ -357,7 +372,7 @@ impl Connections {
         let watcher = graceful.watcher();
         let conn_info = ConnInfo { peer, local, tls: self.tls.is_some() };
         if self.tls.is_none() && !self.config.proxy_protocol {
-            return self.serve_io(watcher, stream, conn_info, slot);
+            return self.serve_plain(watcher, stream, conn_info, slot);
         }
         // The PROXY header and the TLS handshake are read in the
         // connection's own task, each bounded in time.
@@ -386,7 +401,7 @@ impl Connections {
             }
         }
         let Some(tls) = &self.tls else {
-            return self.serve_io(watcher, stream, conn_info, slot);
+            return self.serve_plain(watcher, stream, conn_info, slot);
         };
         let metrics = self.proxy.metrics().clone();
         // One bound for the ClientHello peek and the handshake.
@@ -462,43 +477,112 @@ impl Connections {
         drop(watcher);
     }
 
+    /// The audited socket and the service for one connection.
+    fn connection<S>(
+        &self,
+        stream: S,
+        conn_info: ConnInfo,
+        release_after: Option<Duration>,
+    ) -> (AuditedIo<S>, ConnService, Arc<ConnState>) {
+        let state = Arc::new(ConnState::default());
+        let timeouts = ConnTimeouts {
+            header_read: self.config.header_read_timeout,
+            idle: self.config.idle_timeout,
+            release_after,
+        };
+        let io = AuditedIo::new(stream, Audit::new(self.config.head_limits), state.clone(), timeouts);
+        let service = ConnService {
+            proxy: self.proxy.clone(),
+            state: state.clone(),
+            drain: self.drain.clone(),
+            truncated: self.truncated.clone(),
+            conn_info,
+        };
+        (io, service, state)
+    }
+
+    /// Serves a cleartext connection: HTTP/1 releasing its buffers while
+    /// idle (see [`h1`]), or HTTP/2 with prior knowledge.
+    fn serve_plain(
+        self: &Arc<Self>,
+        watcher: Watcher,
+        stream: TcpStream,
+        conn_info: ConnInfo,
+        slot: Option<OwnedSemaphorePermit>,
+    ) {
+        let (io, service, state) = self.connection(stream, conn_info, Some(self.config.release_idle_after));
+        let task = h1::serve(self.clone(), watcher, slot, io, service, state);
+        tokio::spawn(task);
+    }
+
+    /// Serves a connection with hyper's auto builder (HTTP/1.1 or HTTP/2).
     fn serve_io<S>(&self, watcher: Watcher, stream: S, conn_info: ConnInfo, slot: Option<OwnedSemaphorePermit>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let peer = conn_info.peer;
-        let (proxy, drain, truncated) = (self.proxy.clone(), self.drain.clone(), self.truncated.clone());
-        let state = Arc::new(ConnState::default());
-        let timeouts = ConnTimeouts { header_read: self.config.header_read_timeout, idle: self.config.idle_timeout };
-        let io = AuditedIo::new(stream, Audit::new(self.config.head_limits), state.clone(), timeouts);
-        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let (proxy, state, drain, truncated) = (proxy.clone(), state.clone(), drain.clone(), truncated.clone());
-            // Boxed: the request's future (several KiB) is allocated while
-            // the request runs, instead of being moved into the
-            // connection's in-flight slot, which every idle connection
-            // would hold.
-            Box::pin(async move {
-                let guard = state.start_request();
-                let http1 = req.version() <= http::Version::HTTP_11;
-                let mut resp = proxy.serve(req, conn_info, &state).await?;
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    state.mark_upgraded();
-                } else if http1 && drain.is_closing_keep_alive() {
-                    // Shutting down: this connection's last response.
-                    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                }
-                let counted = |body| CountedBody { body, _guard: guard, truncated };
-                Ok::<_, std::convert::Infallible>(resp.map(counted))
-            })
-        });
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-        let conn = watcher.watch(conn);
+        let (io, service, _) = self.connection(stream, conn_info, None);
+        let conn = self.auto_connection(watcher, io, service);
         tokio::spawn(async move {
             let _slot = slot;
+            conn.await;
+        });
+    }
+
+    fn auto_connection<S>(
+        &self,
+        watcher: Watcher,
+        io: AuditedIo<S>,
+        service: ConnService,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = service.conn_info.peer;
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let conn = watcher.watch(conn);
+        async move {
             if let Err(err) = conn.await {
                 tracing::debug!(%peer, error = %err, "connection ended with error");
             }
-        });
+        }
+    }
+}
+
+/// What hyper calls for each request of one connection.
+#[derive(Clone)]
+struct ConnService {
+    proxy: Arc<Proxy>,
+    state: Arc<ConnState>,
+    drain: Drain,
+    truncated: IntCounter,
+    conn_info: ConnInfo,
+}
+
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<http::Response<CountedBody<ProxyBody>>, Infallible>> + Send>>;
+
+impl hyper::service::Service<http::Request<Incoming>> for ConnService {
+    type Response = http::Response<CountedBody<ProxyBody>>;
+    type Error = Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, req: http::Request<Incoming>) -> ServiceFuture {
+        let this = self.clone();
+        // Boxed: the request's future (several KiB) is allocated while the
+        // request runs, instead of being moved into the connection's
+        // in-flight slot, which every idle connection would hold.
+        Box::pin(async move {
+            let ConnService { proxy, state, drain, truncated, conn_info } = this;
+            let guard = state.start_request();
+            let http1 = req.version() <= http::Version::HTTP_11;
+            let mut resp = proxy.serve(req, conn_info, &state).await?;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                state.mark_upgraded();
+            } else if http1 && drain.is_closing_keep_alive() {
+                // Shutting down: this connection's last response.
+                resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok(resp.map(|body| CountedBody { body, _guard: guard, truncated }))
+        })
     }
 }
 

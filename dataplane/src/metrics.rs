@@ -47,6 +47,9 @@ pub struct Metrics {
     /// `switchyard_access_log_dropped_total`: access-log lines lost (buffer
     /// full or write failed).
     pub access_log_dropped: prometheus::IntCounter,
+    /// `switchyard_connections_released_total`: idle keep-alive
+    /// connections that freed their HTTP buffers until their next request.
+    pub connections_released: prometheus::IntCounter,
     /// `switchyard_tls_handshakes_total{sni,result}`: `sni` is the served
     /// host the SNI matched (`default` otherwise: bounded), `result` is
     /// `ok` or `error`.
@@ -164,6 +167,11 @@ impl Metrics {
             "Access-log lines dropped because the writer fell behind or a write failed.",
         )
         .expect("valid metric");
+        let connections_released = prometheus::IntCounter::new(
+            "switchyard_connections_released_total",
+            "Times an idle plaintext HTTP/1 keep-alive connection freed its HTTP buffers until its next request.",
+        )
+        .expect("valid metric");
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "switchyard_tls_handshakes_total",
@@ -235,6 +243,7 @@ impl Metrics {
             Box::new(rejected_objects.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(connections_released.clone()),
             Box::new(tcp_connections.clone()),
             Box::new(tcp_active.clone()),
             Box::new(tcp_received_bytes.clone()),
@@ -261,6 +270,7 @@ impl Metrics {
             endpoint_healthy,
             upstream_errors,
             access_log_dropped,
+            connections_released,
             tcp_connections,
             tcp_active,
             tcp_received_bytes,

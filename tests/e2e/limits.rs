@@ -201,6 +201,41 @@ async fn slow_heads_are_cut_and_idle_connections_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_release_their_buffers_and_serve_again() {
+    // A keep-alive connection idle for 250 ms frees hyper's buffers and
+    // state (counted in `switchyard_connections_released_total`); its next
+    // request, even pipelined behind another, is served as before.
+    let backend = Recorder::start().await;
+    let proxy = start(&backend, &[ingress("a", "a.test", None)], &[]).await;
+    let released = || metric(proxy.admin, "switchyard_connections_released_total");
+    let before = released().await.expect("the metric is exported");
+    let mut client = RawClient::connect(proxy.http).await;
+    for i in 0..3 {
+        client.send(format!("GET /r{i} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes()).await;
+        let resp = client.response().await.unwrap_or_else(|| panic!("request {i}: no response"));
+        assert_eq!(resp.status, 200, "request {i}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let after = released().await.unwrap();
+    assert!(after - before >= 3.0, "3 idle periods, {} releases", after - before);
+
+    backend.clear();
+    client.send(b"GET /p1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    for _ in 0..2 {
+        assert_eq!(client.response().await.expect("a pipelined response").status, 200);
+    }
+    let paths: Vec<String> = backend.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(paths, ["/p1", "/p2"]);
+
+    // Half a head, then a pause past the release delay: the rest still
+    // completes the request.
+    client.send(b"GET /h HTTP/1.1\r\nHo").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.send(b"st: a.test\r\n\r\n").await;
+    assert_eq!(client.response().await.expect("the completed head is answered").status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timer_waits_for_slow_upstreams() {
     // A response that takes longer than the idle timeout is not cut.
     let slow = EchoProcess::start("slow", 2500);

@@ -1,13 +1,17 @@
 //! The downstream socket as hyper sees it: every byte read passes the
 //! [`Audit`], and two timers close connections that hold a slot without
 //! using it — a head that takes too long to arrive (slowloris) and a
-//! keep-alive connection with no next request.
+//! keep-alive connection with no next request. A third, where the
+//! listener asks for it, marks a connection idle long enough to release
+//! hyper's buffers (see `super::h1`).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use bytes::{Buf, Bytes};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -21,6 +25,20 @@ use crate::proxy::ConnState;
 pub struct ConnTimeouts {
     pub header_read: Duration,
     pub idle: Duration,
+    /// Idle this long between requests, the connection is marked for
+    /// release ([`ConnState::want_park`]); `None`: never.
+    pub release_after: Option<Duration>,
+}
+
+/// What passing the deadline in force means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lapse {
+    /// A head arrives too slowly: an error.
+    SlowHead,
+    /// Idle long enough to release the connection's buffers.
+    Release,
+    /// Idle too long: a clean close.
+    Idle,
 }
 
 pub struct AuditedIo<S = TcpStream> {
@@ -35,29 +53,83 @@ pub struct AuditedIo<S = TcpStream> {
     timer: Pin<Box<Sleep>>,
     /// A malformed body: the next read fails with this.
     failed: Option<&'static str>,
+    /// Bytes already read and audited, given to the next reads first (a
+    /// released connection's unparsed input).
+    replay: Bytes,
 }
 
 impl<S> AuditedIo<S> {
     pub fn new(stream: S, audit: Audit, state: Arc<ConnState>, timeouts: ConnTimeouts) -> Self {
         let now = Instant::now();
         let timer = Box::pin(tokio::time::sleep_until(now + timeouts.idle));
-        Self { stream, audit, state, timeouts, head_started: None, last_activity: now, timer, failed: None }
+        Self {
+            stream,
+            audit,
+            state,
+            timeouts,
+            head_started: None,
+            last_activity: now,
+            timer,
+            failed: None,
+            replay: Bytes::new(),
+        }
     }
 
-    /// The deadline in force now, and whether passing it is a slow head (an
-    /// error) rather than an idle connection (a clean close).
-    fn deadline(&mut self) -> Option<(Instant, bool)> {
+    /// When the connection, idle since its last byte, is closed.
+    pub fn idle_deadline(&self) -> Instant {
+        self.last_activity + self.timeouts.idle
+    }
+
+    /// Gives `bytes` (already audited) to the next reads, before the
+    /// socket's. They are copied: `bytes` may be a view into a much larger
+    /// buffer (hyper's read buffer), which must not stay allocated.
+    pub fn replay(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.replay = [bytes, &self.replay[..]].concat().into();
+        }
+    }
+
+    pub fn has_replay(&self) -> bool {
+        !self.replay.is_empty()
+    }
+
+    /// The deadline in force now, and what passing it means.
+    fn deadline(&mut self) -> Option<(Instant, Lapse)> {
         if self.state.is_upgraded() {
             self.audit.turn_off();
             return None;
         }
         if self.audit.in_head() {
             let started = *self.head_started.get_or_insert(self.last_activity);
-            return Some((started + self.timeouts.header_read, true));
+            return Some((started + self.timeouts.header_read, Lapse::SlowHead));
         }
         self.head_started = None;
-        (self.audit.between_messages() && !self.state.is_busy())
-            .then(|| (self.last_activity + self.timeouts.idle, false))
+        if !self.audit.between_messages() || self.state.is_busy() {
+            return None;
+        }
+        match self.timeouts.release_after {
+            Some(after) if !self.state.park_wanted() => Some((self.last_activity + after, Lapse::Release)),
+            _ => Some((self.idle_deadline(), Lapse::Idle)),
+        }
+    }
+}
+
+impl AuditedIo<TcpStream> {
+    /// For a parked connection: ready with how many bytes wait (peeked
+    /// into `seen`, not read), or `None` at end of stream, on an error, or
+    /// at the idle deadline.
+    pub fn poll_parked(&mut self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>> {
+        let mut buf = ReadBuf::new(seen);
+        match self.stream.poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Some(n)),
+            Poll::Ready(_) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        let deadline = self.idle_deadline();
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.timer.as_mut().poll(cx).map(|()| None)
     }
 }
 
@@ -66,6 +138,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
         let this = self.get_mut();
         if let Some(reason) = this.failed {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, reason)));
+        }
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
@@ -96,18 +174,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => {
-                let Some((deadline, slow_head)) = this.deadline() else { return Poll::Pending };
+            Poll::Pending => loop {
+                let Some((deadline, lapse)) = this.deadline() else { return Poll::Pending };
                 if this.timer.deadline() != deadline {
                     this.timer.as_mut().reset(deadline);
                 }
                 ready!(this.timer.as_mut().poll(cx));
-                if slow_head {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head read timeout")));
+                match lapse {
+                    Lapse::SlowHead => {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head read timeout")));
+                    }
+                    // The listener sees the mark once hyper's poll
+                    // returns; the idle deadline is armed meanwhile.
+                    Lapse::Release => this.state.want_park(),
+                    // Idle: end of stream, which hyper takes as a clean close.
+                    Lapse::Idle => return Poll::Ready(Ok(())),
                 }
-                // Idle: end of stream, which hyper takes as a clean close.
-                Poll::Ready(Ok(()))
-            }
+            },
             other => other,
         }
     }
@@ -141,6 +224,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuditedIo<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.is_parking() {
+            // hyper stops to release its buffers; the client stays connected.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

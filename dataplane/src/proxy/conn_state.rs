@@ -2,7 +2,7 @@
 //! downstream connection.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 pub use crate::listener::audit::Rejection;
 
@@ -16,7 +16,16 @@ pub struct ConnState {
     upgraded: AtomicBool,
     /// Requests whose response has not been fully sent.
     in_flight: AtomicUsize,
+    /// Releasing an idle keep-alive connection's HTTP machinery (see
+    /// `listener::h1`): [`PARK_NONE`], [`PARK_WANTED`] or [`PARK_UNDER_WAY`].
+    park: AtomicU8,
 }
+
+const PARK_NONE: u8 = 0;
+/// Idle long enough: the connection's buffers should be released.
+const PARK_WANTED: u8 = 1;
+/// hyper was told to stop after its idle state: the socket stays open.
+const PARK_UNDER_WAY: u8 = 2;
 
 impl ConnState {
     pub fn reject(&self, rejection: Rejection) {
@@ -37,6 +46,31 @@ impl ConnState {
 
     pub fn is_busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// The socket has been idle between requests long enough for its
+    /// connection to release hyper's buffers.
+    pub fn want_park(&self) {
+        self.park.store(PARK_WANTED, Ordering::Release);
+    }
+
+    pub fn park_wanted(&self) -> bool {
+        self.park.load(Ordering::Acquire) == PARK_WANTED
+    }
+
+    /// hyper is being stopped to release its buffers: its shutdown of the
+    /// socket must not reach the socket.
+    pub fn begin_park(&self) {
+        self.park.store(PARK_UNDER_WAY, Ordering::Release);
+    }
+
+    pub fn is_parking(&self) -> bool {
+        self.park.load(Ordering::Acquire) == PARK_UNDER_WAY
+    }
+
+    /// Serving again: a new request has arrived on a released connection.
+    pub fn end_park(&self) {
+        self.park.store(PARK_NONE, Ordering::Release);
     }
 
     /// Counts a request until the returned guard (kept in the response

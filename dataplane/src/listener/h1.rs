@@ -1,0 +1,128 @@
+//! Plaintext HTTP/1 connections that hold no HTTP buffers while idle.
+//!
+//! hyper keeps a connection's read buffer (8 KiB once used) and write
+//! buffer (8 KiB) for the connection's whole life, and its state machine
+//! lives in the connection's task: about 20 KiB per idle keep-alive
+//! connection. Here a connection idle between requests for
+//! `release_after` is *parked*: hyper is stopped at its idle state (its
+//! shutdown of the socket held back, see [`super::conn_io`]), its
+//! buffers are freed, and the task waits on the bare socket. The next
+//! request's first bytes start a new hyper connection on the same socket,
+//! with any bytes hyper had read but not parsed given back first. Busy
+//! connections are never parked, so steady keep-alive traffic pays
+//! nothing for this.
+//!
+//! A connection opens parked too: it takes its first buffers when its
+//! first bytes arrive. Those bytes also tell HTTP/2 with prior knowledge
+//! (its preface) from HTTP/1; HTTP/2 goes to hyper's auto builder.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::conn_io::AuditedIo;
+use super::{ConnService, Connections, Drain};
+use crate::proxy::ConnState;
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves a cleartext connection until it closes: HTTP/1, parked while
+/// idle, or HTTP/2 with prior knowledge. The connection's whole task: its
+/// future is what every idle connection holds, so it is kept small (the
+/// HTTP/2 path and hyper's connection are boxed).
+pub(super) async fn serve(
+    conns: Arc<Connections>,
+    watcher: Watcher,
+    slot: Option<OwnedSemaphorePermit>,
+    mut io: AuditedIo<TcpStream>,
+    mut service: ConnService,
+    state: Arc<ConnState>,
+) {
+    let peer = service.conn_info.peer;
+    let mut first = true;
+    loop {
+        // Parked: only the socket, its audit and its timers are held.
+        if !io.has_replay() {
+            match next_input(&mut io, &conns.drain).await {
+                None => break,
+                Some(may_be_h2) if first && may_be_h2 => {
+                    Box::pin(conns.auto_connection(watcher, io, service)).await;
+                    drop(slot);
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        first = false;
+        state.end_park();
+        let mut conn = Box::new(conns.h1.serve_connection(TokioIo::new(io), service).with_upgrades());
+        match drive(&mut conn, &state, &conns.drain).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "connection ended with error");
+                break;
+            }
+        }
+        // hyper stopped at its idle state: take the socket back.
+        let Some(parts) = conn.into_parts() else { break };
+        conns.proxy.metrics().connections_released.inc();
+        io = parts.io.into_inner();
+        io.replay(&parts.read_buf);
+        service = parts.service;
+    }
+    // The drain waits for the watcher: dropped only once closed.
+    drop((watcher, slot));
+}
+
+type Conn = http1::UpgradeableConnection<TokioIo<AuditedIo<TcpStream>>, ConnService>;
+
+/// Polls hyper's connection until it ends: `true` when it stopped to be
+/// parked (the socket still open), `false` when the connection is over.
+/// A drain stops it gracefully: an idle connection closes at once, a busy
+/// one after its response.
+async fn drive(conn: &mut Conn, state: &ConnState, drain: &Drain) -> hyper::Result<bool> {
+    let stop = drain.stopped();
+    tokio::pin!(stop);
+    let (mut stopping, mut parking) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !stopping && stop.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            Pin::new(&mut *conn).graceful_shutdown();
+        }
+        let polled = Pin::new(&mut *conn).poll(cx);
+        if polled.is_pending() && !stopping && !parking && state.park_wanted() {
+            // Idle long enough: hyper closes its idle state machine
+            // (graceful shutdown of an idle connection) and ends.
+            parking = true;
+            state.begin_park();
+            Pin::new(&mut *conn).graceful_shutdown();
+            return Pin::new(&mut *conn).poll(cx).map_ok(|()| !stopping);
+        }
+        polled.map_ok(|()| parking && !stopping)
+    })
+    .await
+}
+
+/// Waits for the socket's next bytes without reading them: whether they
+/// could begin the HTTP/2 preface, or `None` to close (end of stream, an
+/// error, the idle deadline or the drain).
+async fn next_input(io: &mut AuditedIo<TcpStream>, drain: &Drain) -> Option<bool> {
+    let mut seen = [0u8; H2_PREFACE.len()];
+    let stop = drain.stopped();
+    tokio::pin!(stop);
+    std::future::poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        io.poll_parked(cx, &mut seen).map(|peeked| peeked.map(|n| H2_PREFACE.starts_with(&seen[..n])))
+    })
+    .await
+}
