@@ -134,10 +134,14 @@ class Suite:
             t = self.targets[name]
             pids = t.pids()
             base = procs.rss_kb(pids)
-            held = load.hold_idle(t.http_port, n_conn, lambda: procs.rss_kb(pids))
-            time.sleep(0.5)
+            # Measured 2 s after the last connection opened, and the next
+            # base 2.5 s after they closed: switchyard's allocator returns
+            # freed pages after about a second, and an idle connection
+            # releases its HTTP buffers after 250 ms.
+            held = load.hold_idle(t.http_port, n_conn, lambda: procs.rss_kb(pids), settle_s=2.0)
+            time.sleep(2.5)
             base_ws = procs.rss_kb(pids)
-            held_ws = load.hold_idle(t.http_port, n_ws, lambda: procs.rss_kb(pids), websocket=True)
+            held_ws = load.hold_idle(t.http_port, n_ws, lambda: procs.rss_kb(pids), websocket=True, settle_s=2.0)
             m = self.memory[name]
             m.update(idle_conns=n_conn, conn_rss_kb=held - base, per_conn_kb=(held - base) / n_conn,
                      idle_websockets=n_ws, ws_rss_kb=held_ws - base_ws, per_ws_kb=(held_ws - base_ws) / n_ws)

@@ -10,14 +10,19 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Version};
 use hyper::upgrade::OnUpgrade;
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::balance::InFlightGuard;
@@ -72,7 +77,20 @@ pub(super) fn tunnel(
                 return;
             }
         };
-        match pump(TokioIo::new(down), TokioIo::new(up), going_away).await {
+        let down = TokioIo::new(down);
+        // A cleartext upstream is pumped as its bare socket: the connection
+        // type hyper boxed for the upgrade has room for TLS (about 1 KiB),
+        // which every idle WebSocket would hold. Others are boxed here.
+        let pumped = match up.downcast::<MaybeHttpsStream<TokioIo<TcpStream>>>() {
+            Ok(hyper::upgrade::Parts { io: MaybeHttpsStream::Http(io), read_buf, .. }) => {
+                pump(down, io.into_inner(), read_buf, going_away).await
+            }
+            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+                Box::pin(pump(down, TokioIo::new(io), read_buf, going_away)).await
+            }
+            Err(up) => Box::pin(pump(down, TokioIo::new(up), Bytes::new(), going_away)).await,
+        };
+        match pumped {
             Ok(Ended::Closed) => tracing::trace!(%endpoint, "upgraded connection closed"),
             Ok(Ended::WentAway) => tracing::debug!(%endpoint, "upgraded connection closed: going away"),
             Err(err) => tracing::debug!(%endpoint, error = %err, "upgraded connection ended with error"),
@@ -147,8 +165,9 @@ enum Ended {
 /// Copies both ways. Client→upstream bytes are copied as they are; the
 /// other direction goes through [`to_client`], which watches for frame
 /// boundaries. After going away, the client's answer (its Close frame) is
-/// still passed upstream for [`GOING_AWAY_GRACE`].
-async fn pump<D, U>(down: D, up: U, going_away: watch::Receiver<bool>) -> io::Result<Ended>
+/// still passed upstream for [`GOING_AWAY_GRACE`]. `early` is what was
+/// read from the upstream past its 101 response.
+async fn pump<D, U>(down: D, up: U, early: Bytes, going_away: watch::Receiver<bool>) -> io::Result<Ended>
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -156,19 +175,16 @@ where
     let (mut down_read, mut down_write) = tokio::io::split(down);
     let (mut up_read, mut up_write) = tokio::io::split(up);
     let to_upstream = async {
-        let mut buf = tunnel_buffer();
         loop {
-            buf.clear();
-            let read = down_read.read_buf(&mut buf).await?;
+            let (read, rest) = relay(&mut down_read, &mut up_write, <[u8]>::len).await?;
             if read == 0 {
                 break;
             }
-            up_write.write_all(&buf).await?;
-            grow_if_filled(&mut buf, read);
+            up_write.write_all(&rest).await?;
         }
         up_write.shutdown().await
     };
-    let to_client = to_client(&mut up_read, &mut down_write, going_away);
+    let to_client = to_client(&mut up_read, &mut down_write, early, going_away);
     tokio::pin!(to_upstream, to_client);
     tokio::select! {
         sent = &mut to_upstream => {
@@ -187,14 +203,23 @@ where
 
 /// Upstream → client. Once `going_away` turns true, forwards up to the end
 /// of the frame in progress, sends [`CLOSE_GOING_AWAY`] and shuts the
-/// client's side down.
-async fn to_client<R, W>(up: &mut R, down: &mut W, mut going_away: watch::Receiver<bool>) -> io::Result<Ended>
+/// client's side down. `already` (bytes read before) goes first.
+async fn to_client<R, W>(
+    up: &mut R,
+    down: &mut W,
+    already: Bytes,
+    mut going_away: watch::Receiver<bool>,
+) -> io::Result<Ended>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut frames = FrameBoundaries::default();
-    let mut buf = tunnel_buffer();
+    if !already.is_empty() {
+        frames.advance(&already, false);
+        down.write_all(&already).await?;
+    }
+    drop(already);
     let mut closing = *going_away.borrow_and_update();
     let mut signal_gone = false;
     let mut deadline = None;
@@ -204,7 +229,7 @@ where
             down.shutdown().await?;
             return Ok(Ended::WentAway);
         }
-        let read = tokio::select! {
+        let (read, rest) = tokio::select! {
             biased;
             changed = going_away.changed(), if !closing && !signal_gone => {
                 match changed {
@@ -221,41 +246,56 @@ where
                 down.shutdown().await?;
                 return Ok(Ended::WentAway);
             }
-            read = { buf.clear(); up.read_buf(&mut buf) } => read?,
+            relayed = relay(up, down, |chunk| frames.advance(chunk, closing)) => relayed?,
         };
         if read == 0 {
             down.shutdown().await?;
             return Ok(Ended::Closed);
         }
-        let chunk = &buf[..read];
-        let forward = frames.advance(chunk, closing);
-        down.write_all(&chunk[..forward]).await?;
-        grow_if_filled(&mut buf, read);
+        down.write_all(&rest).await?;
     }
 }
 
-/// A tunnel direction's copy buffer: 2 KiB to start, uninitialised, so an
-/// idle WebSocket that carries small messages holds little memory; it
-/// doubles (up to [`MAX_TUNNEL_BUFFER`]) each time a read fills it, for
-/// bulk transfers.
-fn tunnel_buffer() -> bytes::BytesMut {
-    bytes::BytesMut::with_capacity(2 * 1024)
+/// Each worker thread's copy buffer for tunnels. A tunnel reads into it
+/// only once bytes are there and writes them on in the same poll, so an
+/// idle tunnel holds no buffer at all; only what a slow reader has not
+/// taken yet is kept, in a buffer of its own.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
 }
 
-const MAX_TUNNEL_BUFFER: usize = 64 * 1024;
-
-/// After a read of `read` bytes into the cleared `buf`: a full buffer
-/// means more was waiting, so the next read may take twice as much; a
-/// grown buffer that a read used less than a quarter of goes back to the
-/// small one (the burst is over: the tunnel does not keep 64 KiB idle).
-fn grow_if_filled(buf: &mut bytes::BytesMut, read: usize) {
-    let capacity = buf.capacity();
-    if read >= capacity && capacity < MAX_TUNNEL_BUFFER {
-        buf.clear();
-        buf.reserve(capacity * 2);
-    } else if capacity > 2 * 1024 && read < capacity / 4 {
-        *buf = tunnel_buffer();
-    }
+/// Reads what `from` has, passes the first `forward(bytes)` of it to `to`
+/// as far as `to` takes it at once, and completes with the number of bytes
+/// read (0: end of stream) and the part `to` has not taken yet, which the
+/// caller writes before reading again. Cancel-safe: nothing is read unless
+/// it completes.
+async fn relay<R, W, F>(from: &mut R, to: &mut W, mut forward: F) -> io::Result<(usize, Vec<u8>)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnMut(&[u8]) -> usize,
+{
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut *from).poll_read(cx, &mut buf))?;
+            let read = buf.filled();
+            let chunk = &read[..forward(read)];
+            let mut written = 0;
+            while written < chunk.len() {
+                match Pin::new(&mut *to).poll_write(cx, &chunk[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Ready(Ok((read.len(), chunk[written..].to_vec())))
+        })
+    })
+    .await
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -339,21 +379,43 @@ impl FrameBoundaries {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::task::Context;
+    use tokio::io::AsyncReadExt;
 
-    #[test]
-    fn tunnel_buffers_start_small_and_grow_only_when_filled() {
-        let mut buf = tunnel_buffer();
-        let start = buf.capacity();
-        assert!(start <= 4096, "an idle tunnel holds at most a page per direction");
-        grow_if_filled(&mut buf, start / 2);
-        assert_eq!(buf.capacity(), start, "a partial read does not grow it");
-        for _ in 0..10 {
-            let full = buf.capacity();
-            grow_if_filled(&mut buf, full);
+    /// A writer that takes at most `take` bytes per call, then none.
+    struct Slow {
+        got: Vec<u8>,
+        take: usize,
+    }
+
+    impl AsyncWrite for Slow {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            if self.take == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.take);
+            self.take -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
         }
-        assert!(buf.capacity() >= MAX_TUNNEL_BUFFER && buf.capacity() < 2 * MAX_TUNNEL_BUFFER, "{}", buf.capacity());
-        grow_if_filled(&mut buf, 100);
-        assert_eq!(buf.capacity(), start, "a small read after a burst gives the memory back");
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn relay_writes_what_the_writer_takes_and_hands_back_the_rest() {
+        let mut from: &[u8] = b"0123456789";
+        let mut to = Slow { got: Vec::new(), take: 4 };
+        let (read, rest) = relay(&mut from, &mut to, |chunk| chunk.len() - 2).await.unwrap();
+        assert_eq!(read, 10, "everything available is read");
+        assert_eq!(to.got, b"0123", "the writer's share is written at once");
+        assert_eq!(rest, b"4567", "the rest of the forwarded part is handed back; the last 2 are dropped");
+        let (read, rest) = relay(&mut from, &mut to, |chunk| chunk.len()).await.unwrap();
+        assert_eq!((read, rest.len()), (0, 0), "end of stream");
     }
 
     fn mk(upgrade: &str) -> Request<()> {
@@ -438,7 +500,7 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         let (mut server, mut up) = tokio::io::duplex(1 << 20);
         let (mut down, mut client) = tokio::io::duplex(1 << 20);
-        let pump = tokio::spawn(async move { to_client(&mut up, &mut down, rx).await });
+        let pump = tokio::spawn(async move { to_client(&mut up, &mut down, Bytes::new(), rx).await });
         // Part of the 70 000-byte frame, then the signal, then the rest.
         let cut = ends[2] + 1000;
         server.write_all(&stream[..cut]).await.unwrap();
@@ -456,6 +518,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_read_past_the_101_go_first_and_count_as_frames() {
+        // The upstream sent its first frame with its 101 and half of the
+        // 300-byte one; going away waits for the rest of that frame.
+        let (stream, ends) = mk_stream(false);
+        let (tx, rx) = watch::channel(false);
+        let (mut server, mut up) = tokio::io::duplex(1 << 20);
+        let (mut down, mut client) = tokio::io::duplex(1 << 20);
+        let early = Bytes::copy_from_slice(&stream[..ends[1] + 100]);
+        tx.send_replace(true);
+        let pump = tokio::spawn(async move { to_client(&mut up, &mut down, early, rx).await });
+        server.write_all(&stream[ends[1] + 100..]).await.unwrap();
+        assert_eq!(pump.await.unwrap().unwrap(), Ended::WentAway);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let mut expected = stream[..ends[2]].to_vec();
+        expected.extend_from_slice(CLOSE_GOING_AWAY);
+        assert!(got == expected, "early bytes first, then up to the frame's end, then the Close frame");
+    }
+
+    #[tokio::test]
     async fn an_idle_tunnel_closes_at_once_and_the_count_follows() {
         let tunnels = Tunnels::default();
         let (open, rx) = tunnels.register();
@@ -463,7 +545,7 @@ mod tests {
         let (_server, mut up) = tokio::io::duplex(64);
         let (mut down, mut client) = tokio::io::duplex(64);
         tunnels.go_away();
-        assert_eq!(to_client(&mut up, &mut down, rx).await.unwrap(), Ended::WentAway);
+        assert_eq!(to_client(&mut up, &mut down, Bytes::new(), rx).await.unwrap(), Ended::WentAway);
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, CLOSE_GOING_AWAY);
