@@ -5,8 +5,7 @@
 //! Every HTTP/1 connection is read through an [`audit`] of its raw bytes
 //! (framing hyper repairs silently, exact head sizes) and two timers (slow
 //! head, idle keep-alive); at most `max_connections` are served at once.
-//! Plaintext HTTP/1 connections release hyper's buffers while idle (see
-//! [`h1`]).
+//! HTTP/1 connections release hyper's buffers while idle (see [`h1`]).
 //! With `proxy_protocol`, each connection first gives its client's address
 //! in a PROXY header (see [`proxy_protocol`]).
 //!
@@ -55,8 +54,8 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// How long a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
-    /// A plaintext HTTP/1 connection idle this long between requests frees
-    /// its HTTP buffers and state until its next request (see [`h1`]).
+    /// An HTTP/1 connection idle this long between requests frees its HTTP
+    /// buffers and state until its next request (see [`h1`]).
     pub release_idle_after: Duration,
     /// How long in-flight requests may run after shutdown starts.
     pub drain_timeout: Duration,
@@ -192,7 +191,7 @@ async fn serve(
         .header_read_timeout(None)
         .max_headers(config.max_headers)
         .max_buf_size(max_buf_size);
-    // The same, for plaintext HTTP/1 served without the auto builder.
+    // The same, for HTTP/1 served without the auto builder.
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new()).header_read_timeout(None).max_headers(config.max_headers).max_buf_size(max_buf_size);
     // Idle HTTP/2 connections are pinged, and closed when the peer is gone.
@@ -372,7 +371,7 @@ impl Connections {
         let watcher = graceful.watcher();
         let conn_info = ConnInfo { peer, local, tls: self.tls.is_some() };
         if self.tls.is_none() && !self.config.proxy_protocol {
-            return self.serve_plain(watcher, stream, conn_info, slot);
+            return self.serve_h1(watcher, stream, conn_info, slot);
         }
         // The PROXY header and the TLS handshake are read in the
         // connection's own task, each bounded in time.
@@ -401,7 +400,7 @@ impl Connections {
             }
         }
         let Some(tls) = &self.tls else {
-            return self.serve_plain(watcher, stream, conn_info, slot);
+            return self.serve_h1(watcher, stream, conn_info, slot);
         };
         let metrics = self.proxy.metrics().clone();
         // One bound for the ClientHello peek and the handshake.
@@ -426,7 +425,11 @@ impl Connections {
         }
         let handshake = tokio::time::timeout_at(deadline, handshake(stream, tls, &metrics));
         match handshake.await {
-            Ok(Some(stream)) => self.serve_io(watcher, stream, conn_info, slot),
+            // HTTP/2 was agreed by ALPN; anything else is HTTP/1.
+            Ok(Some(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                self.serve_io(watcher, stream, conn_info, slot);
+            }
+            Ok(Some(stream)) => self.serve_h1(watcher, stream, conn_info, slot),
             Ok(None) => {}
             Err(_) => {
                 metrics.tls_handshakes.with_label_values(&["", "timeout"]).inc();
@@ -501,15 +504,17 @@ impl Connections {
         (io, service, state)
     }
 
-    /// Serves a cleartext connection: HTTP/1 releasing its buffers while
-    /// idle (see [`h1`]), or HTTP/2 with prior knowledge.
-    fn serve_plain(
+    /// Serves a connection as HTTP/1 releasing its buffers while idle
+    /// (see [`h1`]), or, on cleartext, HTTP/2 with prior knowledge.
+    fn serve_h1<S>(
         self: &Arc<Self>,
         watcher: Watcher,
-        stream: TcpStream,
+        stream: S,
         conn_info: ConnInfo,
         slot: Option<OwnedSemaphorePermit>,
-    ) {
+    ) where
+        S: conn_io::ParkedInput + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (io, service, state) = self.connection(stream, conn_info, Some(self.config.release_idle_after));
         let task = h1::serve(self.clone(), watcher, slot, io, service, state);
         tokio::spawn(task);

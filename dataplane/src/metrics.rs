@@ -169,7 +169,7 @@ impl Metrics {
         .expect("valid metric");
         let connections_released = prometheus::IntCounter::new(
             "switchyard_connections_released_total",
-            "Times an idle plaintext HTTP/1 keep-alive connection freed its HTTP buffers until its next request.",
+            "Times an idle HTTP/1 keep-alive connection freed its HTTP buffers until its next request.",
         )
         .expect("valid metric");
         let tls_handshakes = IntCounterVec::new(

@@ -260,3 +260,31 @@ async fn tls_min_version_is_enforced() {
     let failed = metric(h.proxy.admin, r#"switchyard_tls_handshakes_total{result="error",sni="a.test"}"#).await;
     assert_eq!(failed, Some(1.0), "the refused handshake is counted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tls_keep_alive_connections_release_their_buffers_and_serve_again() {
+    let ca = Ca::new();
+    let a = ca.leaf(&["a.test"]);
+    let files = [
+        ("web.yaml", web().await),
+        ("a.yaml", ingress("a", "a.test", Some("a-tls"), "") + &tls_secret(NS, "a-tls", &a.cert_pem, &a.key_pem)),
+    ];
+    let h = start(&files, &[]).await;
+    let released = || metric(h.proxy.admin, "switchyard_connections_released_total");
+    let before = released().await.expect("the metric is exported");
+    let tls = connect(h.addr, ClientOptions { sni: Some("a.test"), alpn: &[b"http/1.1"], ..Default::default() })
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    for i in 0..3 {
+        let req = Request::get(format!("/r{i}")).header("host", "a.test").body(Empty::<Bytes>::new()).unwrap();
+        let resp = send.send_request(req).await.unwrap_or_else(|e| panic!("request {i} on the same connection: {e}"));
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    assert!(!conn.is_finished(), "one TLS connection served all three requests");
+    let after = released().await.unwrap();
+    assert!(after - before >= 3.0, "3 idle periods over TLS, {} releases", after - before);
+}

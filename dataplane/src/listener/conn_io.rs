@@ -114,16 +114,36 @@ impl<S> AuditedIo<S> {
     }
 }
 
-impl AuditedIo<TcpStream> {
-    /// For a parked connection: ready with how many bytes wait (peeked
-    /// into `seen`, not read), or `None` at end of stream, on an error, or
-    /// at the idle deadline.
-    pub fn poll_parked(&mut self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>> {
+/// A stream a parked connection (see `super::h1`) waits on for input.
+pub trait ParkedInput {
+    /// Ready once input waits: `Some(n)` with its first `n` bytes peeked
+    /// into `seen` (0 when the stream cannot peek, as TLS), or `None` at
+    /// end of stream or on an error.
+    fn poll_input(&self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>>;
+}
+
+impl ParkedInput for TcpStream {
+    fn poll_input(&self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>> {
         let mut buf = ReadBuf::new(seen);
-        match self.stream.poll_peek(cx, &mut buf) {
-            Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Some(n)),
-            Poll::Ready(_) => return Poll::Ready(None),
-            Poll::Pending => {}
+        ready!(self.poll_peek(cx, &mut buf)).map_or(Poll::Ready(None), |n| Poll::Ready((n > 0).then_some(n)))
+    }
+}
+
+/// A parked TLS connection has no plaintext buffered (hyper read until
+/// there was none), so it waits for the socket to become readable: a
+/// record's bytes, or its end.
+impl ParkedInput for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_input(&self, cx: &mut Context<'_>, _seen: &mut [u8]) -> Poll<Option<usize>> {
+        self.get_ref().0.poll_read_ready(cx).map(|ready| ready.ok().map(|()| 0))
+    }
+}
+
+impl<S: ParkedInput> AuditedIo<S> {
+    /// For a parked connection: ready once input waits (see
+    /// [`ParkedInput`]), or with `None` at the idle deadline.
+    pub fn poll_parked(&mut self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>> {
+        if let Poll::Ready(input) = self.stream.poll_input(cx, seen) {
+            return Poll::Ready(input);
         }
         let deadline = self.idle_deadline();
         if self.timer.deadline() != deadline {

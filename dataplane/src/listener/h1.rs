@@ -1,4 +1,4 @@
-//! Plaintext HTTP/1 connections that hold no HTTP buffers while idle.
+//! HTTP/1 connections that hold no HTTP buffers while idle.
 //!
 //! hyper keeps a connection's read buffer (8 KiB once used) and write
 //! buffer (8 KiB) for the connection's whole life, and its state machine
@@ -13,8 +13,11 @@
 //! nothing for this.
 //!
 //! A connection opens parked too: it takes its first buffers when its
-//! first bytes arrive. Those bytes also tell HTTP/2 with prior knowledge
-//! (its preface) from HTTP/1; HTTP/2 goes to hyper's auto builder.
+//! first bytes arrive. On cleartext, those bytes also tell HTTP/2 with
+//! prior knowledge (its preface) from HTTP/1; HTTP/2 goes to hyper's auto
+//! builder. Over TLS, ALPN has decided before (HTTP/2 is not served
+//! here), and a parked connection waits for its socket to be readable;
+//! rustls keeps its own state and buffers meanwhile.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,28 +26,30 @@ use std::task::Poll;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::conn_io::AuditedIo;
+use super::conn_io::{AuditedIo, ParkedInput};
 use super::{ConnService, Connections, Drain};
 use crate::proxy::ConnState;
 
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Serves a cleartext connection until it closes: HTTP/1, parked while
-/// idle, or HTTP/2 with prior knowledge. The connection's whole task: its
+/// Serves a connection until it closes: HTTP/1, parked while idle, or
+/// (cleartext) HTTP/2 with prior knowledge. The connection's whole task: its
 /// future is what every idle connection holds, so it is kept small (the
 /// HTTP/2 path and hyper's connection are boxed).
-pub(super) async fn serve(
+pub(super) async fn serve<S>(
     conns: Arc<Connections>,
     watcher: Watcher,
     slot: Option<OwnedSemaphorePermit>,
-    mut io: AuditedIo<TcpStream>,
+    mut io: AuditedIo<S>,
     mut service: ConnService,
     state: Arc<ConnState>,
-) {
+) where
+    S: ParkedInput + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let peer = service.conn_info.peer;
     let mut first = true;
     loop {
@@ -82,13 +87,16 @@ pub(super) async fn serve(
     drop((watcher, slot));
 }
 
-type Conn = http1::UpgradeableConnection<TokioIo<AuditedIo<TcpStream>>, ConnService>;
+type Conn<S> = http1::UpgradeableConnection<TokioIo<AuditedIo<S>>, ConnService>;
 
 /// Polls hyper's connection until it ends: `true` when it stopped to be
 /// parked (the socket still open), `false` when the connection is over.
 /// A drain stops it gracefully: an idle connection closes at once, a busy
 /// one after its response.
-async fn drive(conn: &mut Conn, state: &ConnState, drain: &Drain) -> hyper::Result<bool> {
+async fn drive<S>(conn: &mut Conn<S>, state: &ConnState, drain: &Drain) -> hyper::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let stop = drain.stopped();
     tokio::pin!(stop);
     let (mut stopping, mut parking) = (false, false);
@@ -114,7 +122,7 @@ async fn drive(conn: &mut Conn, state: &ConnState, drain: &Drain) -> hyper::Resu
 /// Waits for the socket's next bytes without reading them: whether they
 /// could begin the HTTP/2 preface, or `None` to close (end of stream, an
 /// error, the idle deadline or the drain).
-async fn next_input(io: &mut AuditedIo<TcpStream>, drain: &Drain) -> Option<bool> {
+async fn next_input<S: ParkedInput>(io: &mut AuditedIo<S>, drain: &Drain) -> Option<bool> {
     let mut seen = [0u8; H2_PREFACE.len()];
     let stop = drain.stopped();
     tokio::pin!(stop);
@@ -122,7 +130,7 @@ async fn next_input(io: &mut AuditedIo<TcpStream>, drain: &Drain) -> Option<bool
         if stop.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        io.poll_parked(cx, &mut seen).map(|peeked| peeked.map(|n| H2_PREFACE.starts_with(&seen[..n])))
+        io.poll_parked(cx, &mut seen).map(|peeked| peeked.map(|n| n > 0 && H2_PREFACE.starts_with(&seen[..n])))
     })
     .await
 }
