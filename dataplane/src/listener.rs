@@ -15,7 +15,7 @@
 //! ([`crate::tcp`]); any other is terminated.
 
 pub mod audit;
-mod conn_io;
+pub(crate) mod conn_io;
 mod h1;
 mod peek;
 pub mod proxy_protocol;

@@ -89,6 +89,11 @@ impl<S> AuditedIo<S> {
         }
     }
 
+    /// The socket, with the bytes to be read before its own.
+    pub fn into_parts(self) -> (S, Bytes) {
+        (self.stream, self.replay)
+    }
+
     pub fn has_replay(&self) -> bool {
         !self.replay.is_empty()
     }

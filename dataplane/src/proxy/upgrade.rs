@@ -26,6 +26,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::balance::InFlightGuard;
+use crate::listener::conn_io::AuditedIo;
+
+/// Either side of a tunnel that could not be unboxed.
+trait Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send {}
+impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send> Io for T {}
 
 /// How long a tunnel told to go away may take to reach a frame boundary,
 /// and then for the client to answer the Close, before it is cut.
@@ -77,18 +82,34 @@ pub(super) fn tunnel(
                 return;
             }
         };
-        let down = TokioIo::new(down);
-        // A cleartext upstream is pumped as its bare socket: the connection
-        // type hyper boxed for the upgrade has room for TLS (about 1 KiB),
-        // which every idle WebSocket would hold. Others are boxed here.
-        let pumped = match up.downcast::<MaybeHttpsStream<TokioIo<TcpStream>>>() {
+        // Cleartext sockets are pumped bare, out of the boxes hyper made
+        // for the upgrade: the upstream's has room for TLS (about 1 KiB),
+        // the client's holds the listener's audit and timers, which a
+        // tunnel does not use. Every idle WebSocket would hold them. Other
+        // combinations are pumped boxed.
+        let down = match down.downcast::<TokioIo<AuditedIo<TcpStream>>>() {
+            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+                let (stream, unread) = io.into_inner().into_parts();
+                Ok((stream, [read_buf, unread].concat().into()))
+            }
+            Err(down) => Err(TokioIo::new(down)),
+        };
+        let up = match up.downcast::<MaybeHttpsStream<TokioIo<TcpStream>>>() {
             Ok(hyper::upgrade::Parts { io: MaybeHttpsStream::Http(io), read_buf, .. }) => {
-                pump(down, io.into_inner(), read_buf, going_away).await
+                Ok((io.into_inner(), read_buf))
             }
             Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
-                Box::pin(pump(down, TokioIo::new(io), read_buf, going_away)).await
+                Err((TokioIo::new(Box::new(io) as Box<dyn Io>), read_buf))
             }
-            Err(up) => Box::pin(pump(down, TokioIo::new(up), Bytes::new(), going_away)).await,
+            Err(up) => Err((TokioIo::new(Box::new(up) as Box<dyn Io>), Bytes::new())),
+        };
+        let pumped = match (down, up) {
+            (Ok((down, down_early)), Ok((up, up_early))) => pump(down, up, down_early, up_early, going_away).await,
+            (Ok((down, down_early)), Err((up, up_early))) => {
+                Box::pin(pump(down, up, down_early, up_early, going_away)).await
+            }
+            (Err(down), Ok((up, up_early))) => Box::pin(pump(down, up, Bytes::new(), up_early, going_away)).await,
+            (Err(down), Err((up, up_early))) => Box::pin(pump(down, up, Bytes::new(), up_early, going_away)).await,
         };
         match pumped {
             Ok(Ended::Closed) => tracing::trace!(%endpoint, "upgraded connection closed"),
@@ -165,9 +186,15 @@ enum Ended {
 /// Copies both ways. Client→upstream bytes are copied as they are; the
 /// other direction goes through [`to_client`], which watches for frame
 /// boundaries. After going away, the client's answer (its Close frame) is
-/// still passed upstream for [`GOING_AWAY_GRACE`]. `early` is what was
-/// read from the upstream past its 101 response.
-async fn pump<D, U>(down: D, up: U, early: Bytes, going_away: watch::Receiver<bool>) -> io::Result<Ended>
+/// still passed upstream for [`GOING_AWAY_GRACE`]. `down_early` and
+/// `up_early` were read from each side past the upgrade's request and 101.
+async fn pump<D, U>(
+    down: D,
+    up: U,
+    down_early: Bytes,
+    up_early: Bytes,
+    going_away: watch::Receiver<bool>,
+) -> io::Result<Ended>
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -175,6 +202,10 @@ where
     let (mut down_read, mut down_write) = tokio::io::split(down);
     let (mut up_read, mut up_write) = tokio::io::split(up);
     let to_upstream = async {
+        if !down_early.is_empty() {
+            up_write.write_all(&down_early).await?;
+        }
+        drop(down_early);
         loop {
             let (read, rest) = relay(&mut down_read, &mut up_write, <[u8]>::len).await?;
             if read == 0 {
@@ -184,7 +215,7 @@ where
         }
         up_write.shutdown().await
     };
-    let to_client = to_client(&mut up_read, &mut down_write, early, going_away);
+    let to_client = to_client(&mut up_read, &mut down_write, up_early, going_away);
     tokio::pin!(to_upstream, to_client);
     tokio::select! {
         sent = &mut to_upstream => {
@@ -535,6 +566,21 @@ mod tests {
         let mut expected = stream[..ends[2]].to_vec();
         expected.extend_from_slice(CLOSE_GOING_AWAY);
         assert!(got == expected, "early bytes first, then up to the frame's end, then the Close frame");
+    }
+
+    #[tokio::test]
+    async fn bytes_the_client_sent_with_its_upgrade_go_upstream_first() {
+        let (_tx, rx) = watch::channel(false);
+        let (mut client, down) = tokio::io::duplex(1024);
+        let (up, mut server) = tokio::io::duplex(1024);
+        let pump = tokio::spawn(pump(down, up, Bytes::from_static(b"early "), Bytes::new(), rx));
+        client.write_all(b"later").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early later");
+        drop(server);
+        assert_eq!(pump.await.unwrap().unwrap(), Ended::Closed);
     }
 
     #[tokio::test]
