@@ -285,6 +285,18 @@ async fn idle_tls_keep_alive_connections_release_their_buffers_and_serve_again()
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     assert!(!conn.is_finished(), "one TLS connection served all three requests");
+
+    // A first request that arrives with the client's Finished is read by
+    // the handshake: it is served at once, not when more bytes arrive.
+    let addr = h.addr;
+    let got = tokio::task::spawn_blocking(move || {
+        let options = ClientOptions { sni: Some("a.test"), only: Some(&rustls::version::TLS13), ..Default::default() };
+        let request = b"GET /first HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+        support::tls::request_with_finished(addr, options, request, Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
     let after = released().await.unwrap();
     assert!(after - before >= 3.0, "3 idle periods over TLS, {} releases", after - before);
 }

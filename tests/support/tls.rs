@@ -119,6 +119,80 @@ impl Default for ClientOptions<'_> {
 
 /// Connects and completes a handshake.
 pub async fn connect(addr: SocketAddr, options: ClientOptions<'_>) -> std::io::Result<TlsStream<TcpStream>> {
+    let (config, name) = client_config(addr, options);
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// Sends `request` in the same TCP write as the client's last handshake
+/// message (as browsers and `wrk` often do), then returns what the server
+/// sends back within `wait` (blocking: run it off the runtime).
+pub fn request_with_finished(
+    addr: SocketAddr,
+    options: ClientOptions<'_>,
+    request: &[u8],
+    wait: std::time::Duration,
+) -> Vec<u8> {
+    use std::io::{Read, Write};
+    /// Passes the first write (the ClientHello) through and holds later ones.
+    struct Held {
+        tcp: std::net::TcpStream,
+        writes: usize,
+        held: Vec<u8>,
+    }
+    impl Read for Held {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.tcp.read(buf)
+        }
+    }
+    impl Write for Held {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.writes += 1;
+            if self.writes == 1 {
+                return self.tcp.write(buf);
+            }
+            self.held.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (config, name) = client_config(addr, options);
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(wait)).unwrap();
+    let mut io = Held { tcp, writes: 0, held: Vec::new() };
+    while conn.is_handshaking() {
+        conn.complete_io(&mut io).unwrap();
+    }
+    conn.writer().write_all(request).unwrap();
+    while conn.wants_write() {
+        conn.write_tls(&mut io).unwrap();
+    }
+    io.tcp.write_all(&io.held).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        match conn.reader().read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match conn.read_tls(&mut io.tcp) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if conn.process_new_packets().is_err() {
+                        break;
+                    }
+                }
+            },
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+fn client_config(addr: SocketAddr, options: ClientOptions<'_>) -> (Arc<ClientConfig>, ServerName<'static>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = match options.only {
         Some(v) => vec![v],
@@ -138,8 +212,7 @@ pub async fn connect(addr: SocketAddr, options: ClientOptions<'_>) -> std::io::R
         Some(sni) => ServerName::try_from(sni.to_string()).unwrap(),
         None => ServerName::IpAddress(addr.ip().into()),
     };
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+    (Arc::new(config), name)
 }
 
 /// The leaf certificate the server presented to a handshake with `sni`.

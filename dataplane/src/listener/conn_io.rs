@@ -121,6 +121,10 @@ impl<S> AuditedIo<S> {
 
 /// A stream a parked connection (see `super::h1`) waits on for input.
 pub trait ParkedInput {
+    /// Whether a new connection may already hold input the socket's
+    /// readiness will not announce: it is then served at once.
+    const MAY_START_WITH_INPUT: bool = false;
+
     /// Ready once input waits: `Some(n)` with its first `n` bytes peeked
     /// into `seen` (0 when the stream cannot peek, as TLS), or `None` at
     /// end of stream or on an error.
@@ -136,8 +140,12 @@ impl ParkedInput for TcpStream {
 
 /// A parked TLS connection has no plaintext buffered (hyper read until
 /// there was none), so it waits for the socket to become readable: a
-/// record's bytes, or its end.
+/// record's bytes, or its end. A new one may: a client's first request
+/// often arrives with its last handshake message, and the handshake read
+/// both.
 impl ParkedInput for tokio_rustls::server::TlsStream<TcpStream> {
+    const MAY_START_WITH_INPUT: bool = true;
+
     fn poll_input(&self, cx: &mut Context<'_>, _seen: &mut [u8]) -> Poll<Option<usize>> {
         self.get_ref().0.poll_read_ready(cx).map(|ready| ready.ok().map(|()| 0))
     }
