@@ -54,7 +54,10 @@ pub(super) async fn serve<S>(
     let mut first = true;
     loop {
         // Parked: only the socket, its audit and its timers are held.
-        if !io.has_replay() && !(first && S::MAY_START_WITH_INPUT) {
+        // Input may be waiting already: replayed bytes, or a new TLS
+        // connection's first request.
+        let input_waiting = io.has_replay() || (first && S::MAY_START_WITH_INPUT);
+        if !input_waiting {
             match next_input(&mut io, &conns.drain).await {
                 None => break,
                 Some(may_be_h2) if first && may_be_h2 => {
