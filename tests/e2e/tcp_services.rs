@@ -126,6 +126,10 @@ async fn tcp_services_balance_by_policy_survive_a_closed_port_and_follow_the_con
     })
     .await;
     assert!(proxy.log_text().contains("InvalidTCPService"), "the bad entry is reported");
+    // The probes above were proxied connections too: let the proxy finish
+    // picking their endpoints, or one pick can land among the next nine
+    // (CI once saw 4/3/2).
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // RoundRobin (no algorithm set): connections go round the three.
     let rr = spread(rr_port, 9).await;
