@@ -5,7 +5,8 @@
 //! Every HTTP/1 connection is read through an [`audit`] of its raw bytes
 //! (framing hyper repairs silently, exact head sizes) and two timers (slow
 //! head, idle keep-alive); at most `max_connections` are served at once.
-//! HTTP/1 connections release hyper's buffers while idle (see [`h1`]).
+//! Cleartext HTTP/1 connections release hyper's buffers while idle (see
+//! [`h1`]).
 //! With `proxy_protocol`, each connection first gives its client's address
 //! in a PROXY header (see [`proxy_protocol`]).
 //!
@@ -204,9 +205,14 @@ async fn serve(
     let local = listener.local_addr().ok();
     let slots = Arc::new(Semaphore::new(config.max_connections.unwrap_or(Semaphore::MAX_PERMITS)));
     let relays = Arc::new(Relays::default());
+    // Turns true once the listener has closed (the drain's second step):
+    // idle connections then close, as hyper-util's graceful shutdown
+    // closes those it watches.
+    let (closed_tx, closed) = watch::channel(false);
     let conns = Arc::new(Connections {
         builder,
         h1,
+        closed,
         proxy: proxy.clone(),
         config: config.clone(),
         drain: drain.clone(),
@@ -246,6 +252,7 @@ async fn serve(
         late += 1;
     }
     drop(listener);
+    closed_tx.send_replace(true);
     drop(conns);
     let tunnels = proxy.tunnels().clone();
     tracing::info!(
@@ -349,6 +356,7 @@ fn accept_now(listener: &TcpListener) -> Option<(TcpStream, std::net::SocketAddr
 struct Connections {
     builder: auto::Builder<TokioExecutor>,
     h1: http1::Builder,
+    closed: watch::Receiver<bool>,
     proxy: Arc<Proxy>,
     config: ListenerConfig,
     drain: Drain,
@@ -425,11 +433,9 @@ impl Connections {
         }
         let handshake = tokio::time::timeout_at(deadline, handshake(stream, tls, &metrics));
         match handshake.await {
-            // HTTP/2 was agreed by ALPN; anything else is HTTP/1.
-            Ok(Some(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                self.serve_io(watcher, stream, conn_info, slot);
-            }
-            Ok(Some(stream)) => self.serve_h1(watcher, stream, conn_info, slot),
+            // TLS connections keep hyper's auto builder (and their
+            // buffers while idle; see `h1` for what releasing them needs).
+            Ok(Some(stream)) => self.serve_io(watcher, stream, conn_info, slot),
             Ok(None) => {}
             Err(_) => {
                 metrics.tls_handshakes.with_label_values(&["", "timeout"]).inc();

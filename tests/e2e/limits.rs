@@ -227,6 +227,16 @@ async fn idle_connections_release_their_buffers_and_serve_again() {
     let paths: Vec<String> = backend.requests().iter().map(|r| r.target.clone()).collect();
     assert_eq!(paths, ["/p1", "/p2"]);
 
+    // Bytes that are no request (a stray CRLF) wake a released connection
+    // without a request: the next one, past the release delay, is still
+    // kept alive (not answered with `Connection: close`).
+    client.send(b"\r\n").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.send(b"GET /crlf HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    let resp = client.response().await.expect("answered after a stray CRLF");
+    assert_eq!(resp.status, 200);
+    assert!(!resp.closes(), "a connection woken by a stray CRLF must stay keep-alive");
+
     // Half a head, then a pause past the release delay: the rest still
     // completes the request.
     client.send(b"GET /h HTTP/1.1\r\nHo").await;
@@ -247,6 +257,14 @@ async fn idle_timer_waits_for_slow_upstreams() {
     client.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     let resp = client.response().await.expect("response from a slow upstream");
     assert_eq!(resp.status, 200);
+    // The idle timers start once the slow response is done: the connection
+    // is released, then closed a second after the response.
+    let released = metric(proxy.admin, "switchyard_connections_released_total").await.unwrap();
+    let after_response = Instant::now();
+    assert!(client.closed_within(Duration::from_secs(4)).await, "idle after a slow response, never closed");
+    assert!(after_response.elapsed() >= Duration::from_millis(800), "closed {:?} after", after_response.elapsed());
+    let now = metric(proxy.admin, "switchyard_connections_released_total").await.unwrap();
+    assert!(now > released, "released before closing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

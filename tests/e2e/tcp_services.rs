@@ -166,6 +166,12 @@ async fn tcp_services_balance_by_policy_survive_a_closed_port_and_follow_the_con
     // db-2 gets nothing.
     let b_addr = b.addr;
     drop(b);
+    // Dropped means closing: wait until the port refuses (a connection
+    // the dying backend still accepted would end without its greeting).
+    wait_for("db-2's port to refuse connections", Duration::from_secs(5), || async {
+        TcpStream::connect(b_addr).await.is_err().then_some(())
+    })
+    .await;
     let mut after = BTreeMap::new();
     for _ in 0..12 {
         let (name, _) = dial(rr_port).await.expect("connections keep succeeding while a backend is gone");

@@ -39,6 +39,8 @@ enum Lapse {
     Release,
     /// Idle too long: a clean close.
     Idle,
+    /// Busy: nothing to do but look again.
+    Recheck,
 }
 
 pub struct AuditedIo<S = TcpStream> {
@@ -110,10 +112,17 @@ impl<S> AuditedIo<S> {
         }
         self.head_started = None;
         if !self.audit.between_messages() || self.state.is_busy() {
-            return None;
+            // A request is in flight. With releasing on, look again every
+            // `release_after`: hyper may not read again once the response
+            // is done, and the idle timers must start then.
+            return self.timeouts.release_after.map(|after| (Instant::now() + after, Lapse::Recheck));
         }
         match self.timeouts.release_after {
-            Some(after) if !self.state.park_wanted() => Some((self.last_activity + after, Lapse::Release)),
+            // Only once hyper has served a request: a connection stopped
+            // before that would answer its first one with `Connection: close`.
+            Some(after) if !self.state.park_wanted() && self.state.has_served() => {
+                Some((self.last_activity + after, Lapse::Release))
+            }
             _ => Some((self.idle_deadline(), Lapse::Idle)),
         }
     }
@@ -121,12 +130,8 @@ impl<S> AuditedIo<S> {
 
 /// A stream a parked connection (see `super::h1`) waits on for input.
 pub trait ParkedInput {
-    /// Whether a new connection may already hold input the socket's
-    /// readiness will not announce: it is then served at once.
-    const MAY_START_WITH_INPUT: bool = false;
-
     /// Ready once input waits: `Some(n)` with its first `n` bytes peeked
-    /// into `seen` (0 when the stream cannot peek, as TLS), or `None` at
+    /// into `seen`, or `None` at
     /// end of stream or on an error.
     fn poll_input(&self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>>;
 }
@@ -135,19 +140,6 @@ impl ParkedInput for TcpStream {
     fn poll_input(&self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>> {
         let mut buf = ReadBuf::new(seen);
         ready!(self.poll_peek(cx, &mut buf)).map_or(Poll::Ready(None), |n| Poll::Ready((n > 0).then_some(n)))
-    }
-}
-
-/// A parked TLS connection has no plaintext buffered (hyper read until
-/// there was none), so it waits for the socket to become readable: a
-/// record's bytes, or its end. A new one may: a client's first request
-/// often arrives with its last handshake message, and the handshake read
-/// both.
-impl ParkedInput for tokio_rustls::server::TlsStream<TcpStream> {
-    const MAY_START_WITH_INPUT: bool = true;
-
-    fn poll_input(&self, cx: &mut Context<'_>, _seen: &mut [u8]) -> Poll<Option<usize>> {
-        self.get_ref().0.poll_read_ready(cx).map(|ready| ready.ok().map(|()| 0))
     }
 }
 
@@ -209,7 +201,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
             }
             Poll::Pending => loop {
                 let Some((deadline, lapse)) = this.deadline() else { return Poll::Pending };
-                if this.timer.deadline() != deadline {
+                // A recheck already armed stands (no reset on every poll).
+                let armed = lapse == Lapse::Recheck
+                    && this.timer.deadline() <= deadline
+                    && this.timer.deadline() > Instant::now();
+                if !armed && this.timer.deadline() != deadline {
                     this.timer.as_mut().reset(deadline);
                 }
                 ready!(this.timer.as_mut().poll(cx));
@@ -220,6 +216,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
                     // The listener sees the mark once hyper's poll
                     // returns; the idle deadline is armed meanwhile.
                     Lapse::Release => this.state.want_park(),
+                    Lapse::Recheck => {}
                     // Idle: end of stream, which hyper takes as a clean close.
                     Lapse::Idle => return Poll::Ready(Ok(())),
                 }

@@ -1,4 +1,4 @@
-//! HTTP/1 connections that hold no HTTP buffers while idle.
+//! Cleartext HTTP/1 connections that hold no HTTP buffers while idle.
 //!
 //! hyper keeps a connection's read buffer (8 KiB once used) and write
 //! buffer (8 KiB) for the connection's whole life, and its state machine
@@ -13,11 +13,15 @@
 //! nothing for this.
 //!
 //! A connection opens parked too: it takes its first buffers when its
-//! first bytes arrive. On cleartext, those bytes also tell HTTP/2 with
-//! prior knowledge (its preface) from HTTP/1; HTTP/2 goes to hyper's auto
-//! builder. Over TLS, ALPN has decided before (HTTP/2 is not served
-//! here), and a parked connection waits for its socket to be readable;
-//! rustls keeps its own state and buffers meanwhile.
+//! first bytes arrive. Those bytes also tell HTTP/2 with prior knowledge
+//! (its preface) from HTTP/1; HTTP/2 goes to hyper's auto builder.
+//!
+//! A hyper connection is stopped only once it has served a request: one
+//! stopped in its initial state would answer its first request with
+//! `Connection: close`. TLS connections are not served here yet: a TLS
+//! client's first request often arrives with its last handshake message
+//! (read by the handshake, invisible to socket readiness), and a connection
+//! that has not sent a request yet must still close at once on a drain.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,10 +31,10 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::conn_io::{AuditedIo, ParkedInput};
-use super::{ConnService, Connections, Drain};
+use super::{ConnService, Connections};
 use crate::proxy::ConnState;
 
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
@@ -54,11 +58,8 @@ pub(super) async fn serve<S>(
     let mut first = true;
     loop {
         // Parked: only the socket, its audit and its timers are held.
-        // Input may be waiting already: replayed bytes, or a new TLS
-        // connection's first request.
-        let input_waiting = io.has_replay() || (first && S::MAY_START_WITH_INPUT);
-        if !input_waiting {
-            match next_input(&mut io, &conns.drain).await {
+        if !io.has_replay() {
+            match next_input(&mut io, &conns.closed).await {
                 None => break,
                 Some(may_be_h2) if first && may_be_h2 => {
                     Box::pin(conns.auto_connection(watcher, io, service)).await;
@@ -71,7 +72,7 @@ pub(super) async fn serve<S>(
         first = false;
         state.end_park();
         let mut conn = Box::new(conns.h1.serve_connection(TokioIo::new(io), service).with_upgrades());
-        match drive(&mut conn, &state, &conns.drain).await {
+        match drive(&mut conn, &state, &conns.closed).await {
             Ok(true) => {}
             Ok(false) => break,
             Err(err) => {
@@ -94,13 +95,14 @@ type Conn<S> = http1::UpgradeableConnection<TokioIo<AuditedIo<S>>, ConnService>;
 
 /// Polls hyper's connection until it ends: `true` when it stopped to be
 /// parked (the socket still open), `false` when the connection is over.
-/// A drain stops it gracefully: an idle connection closes at once, a busy
+/// The listener's closing (see `Drain`) stops it gracefully: an idle connection closes at once, a busy
 /// one after its response.
-async fn drive<S>(conn: &mut Conn<S>, state: &ConnState, drain: &Drain) -> hyper::Result<bool>
+async fn drive<S>(conn: &mut Conn<S>, state: &ConnState, closed: &watch::Receiver<bool>) -> hyper::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let stop = drain.stopped();
+    let mut closed = closed.clone();
+    let stop = closed.wait_for(|closed| *closed);
     tokio::pin!(stop);
     let (mut stopping, mut parking) = (false, false);
     std::future::poll_fn(|cx| {
@@ -125,15 +127,18 @@ where
 /// Waits for the socket's next bytes without reading them: whether they
 /// could begin the HTTP/2 preface, or `None` to close (end of stream, an
 /// error, the idle deadline or the drain).
-async fn next_input<S: ParkedInput>(io: &mut AuditedIo<S>, drain: &Drain) -> Option<bool> {
+async fn next_input<S: ParkedInput>(io: &mut AuditedIo<S>, closed: &watch::Receiver<bool>) -> Option<bool> {
     let mut seen = [0u8; H2_PREFACE.len()];
-    let stop = drain.stopped();
+    let mut closed = closed.clone();
+    let stop = closed.wait_for(|closed| *closed);
     tokio::pin!(stop);
     std::future::poll_fn(|cx| {
-        if stop.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+        // Input first: a connection the drain takes from the accept queue
+        // has usually sent its request already, and is served.
+        if let Poll::Ready(peeked) = io.poll_parked(cx, &mut seen) {
+            return Poll::Ready(peeked.map(|n| n > 0 && H2_PREFACE.starts_with(&seen[..n])));
         }
-        io.poll_parked(cx, &mut seen).map(|peeked| peeked.map(|n| n > 0 && H2_PREFACE.starts_with(&seen[..n])))
+        stop.as_mut().poll(cx).map(|_| None)
     })
     .await
 }

@@ -19,6 +19,10 @@ pub struct ConnState {
     /// Releasing an idle keep-alive connection's HTTP machinery (see
     /// `listener::h1`): [`PARK_NONE`], [`PARK_WANTED`] or [`PARK_UNDER_WAY`].
     park: AtomicU8,
+    /// A request has started since the connection was last released:
+    /// hyper's connection has left its initial state, so stopping it when
+    /// idle cannot add `Connection: close` to a response.
+    served: AtomicBool,
 }
 
 const PARK_NONE: u8 = 0;
@@ -71,12 +75,18 @@ impl ConnState {
     /// Serving again: a new request has arrived on a released connection.
     pub fn end_park(&self) {
         self.park.store(PARK_NONE, Ordering::Release);
+        self.served.store(false, Ordering::Release);
+    }
+
+    pub fn has_served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
     }
 
     /// Counts a request until the returned guard (kept in the response
     /// body) is dropped.
     pub fn start_request(self: &std::sync::Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
         RequestGuard(self.clone())
     }
 }
