@@ -32,6 +32,15 @@ async fn web() -> String {
     service(NS, "web") + &endpoint_slice(NS, "web", &[("web-1".to_string(), start_echo("web-1").await)])
 }
 
+/// The web backend and `a.test` served over TLS with a fresh CA's leaf.
+async fn web_and_a_test() -> [(&'static str, String); 2] {
+    let a = Ca::new().leaf(&["a.test"]);
+    [
+        ("web.yaml", web().await),
+        ("a.yaml", ingress("a", "a.test", Some("a-tls"), "") + &tls_secret(NS, "a-tls", &a.cert_pem, &a.key_pem)),
+    ]
+}
+
 /// The HTTPS listener's address (the `--https-addr` given at start).
 struct Https {
     proxy: Switchyard,
@@ -238,12 +247,7 @@ async fn http2_over_tls_by_alpn_and_cleartext_h2c() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_min_version_is_enforced() {
-    let ca = Ca::new();
-    let a = ca.leaf(&["a.test"]);
-    let files = [
-        ("web.yaml", web().await),
-        ("a.yaml", ingress("a", "a.test", Some("a-tls"), "") + &tls_secret(NS, "a-tls", &a.cert_pem, &a.key_pem)),
-    ];
+    let files = web_and_a_test().await;
 
     // Default: 1.2 and 1.3 both accepted.
     let h = start(&files, &[]).await;
@@ -263,12 +267,7 @@ async fn tls_min_version_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tls_keep_alive_connections_serve_again_and_early_first_requests_are_served() {
-    let ca = Ca::new();
-    let a = ca.leaf(&["a.test"]);
-    let files = [
-        ("web.yaml", web().await),
-        ("a.yaml", ingress("a", "a.test", Some("a-tls"), "") + &tls_secret(NS, "a-tls", &a.cert_pem, &a.key_pem)),
-    ];
+    let files = web_and_a_test().await;
     let h = start(&files, &[]).await;
     let tls = connect(h.addr, ClientOptions { sni: Some("a.test"), alpn: &[b"http/1.1"], ..Default::default() })
         .await
