@@ -4,6 +4,8 @@
 # move with the machine's load, unlike CPU time. Not part of the suite run.
 #
 #   bash tests/bench/instructions.sh [BINARY]
+#   KEEP=DIR bash tests/bench/instructions.sh   # keeps the callgrind files
+#                                               # (callgrind_annotate them)
 #
 # Each proxy runs under callgrind in front of `switchyard echo` and serves
 # two h2load runs of keep-alive HTTP/1.1 requests (32 connections, GET
@@ -102,11 +104,12 @@ EOF
     [ "$done" = "$n" ] || { echo "instructions.sh: $target answered $done of $n requests with 2xx" >&2; exit 1; }
     if [ "$target" = switchyard ]; then kill -INT "$pid"; else kill -QUIT "$pid"; fi
     wait "$pid" || true
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
     awk '/^summary:/ {print $2}' "$out"
 }
 
 printf '%-12s %14s\n' target 'Ir/request'
-for target in switchyard nginx; do
+for target in ${TARGETS:-switchyard nginx}; do
     a=$(count "$target" "$N1")
     b=$(count "$target" "$N2")
     printf '%-12s %14d\n' "$target" $(((b - a) / (N2 - N1)))

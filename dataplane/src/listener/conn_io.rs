@@ -56,7 +56,7 @@ pub struct AuditedIo<S = TcpStream> {
     /// A malformed body: the next read fails with this.
     failed: Option<&'static str>,
     /// Bytes already read and audited, given to the next reads first (a
-    /// released connection's unparsed input).
+    /// released connection's unparsed input, or a parked one's first read).
     replay: Bytes,
 }
 
@@ -128,47 +128,58 @@ impl<S> AuditedIo<S> {
     }
 }
 
-/// A stream a parked connection (see `super::h1`) waits on for input.
-pub trait ParkedInput {
-    /// Ready once input waits: `Some(n)` with its first `n` bytes peeked
-    /// into `seen`, or `None` at
-    /// end of stream or on an error.
-    fn poll_input(&self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>>;
-}
+/// A bare socket (no TLS over it): what `super::h1` serves, where a
+/// parked connection reads the socket directly.
+pub trait PlainSocket {}
 
-impl ParkedInput for TcpStream {
-    fn poll_input(&self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>> {
-        let mut buf = ReadBuf::new(seen);
-        ready!(self.poll_peek(cx, &mut buf)).map_or(Poll::Ready(None), |n| Poll::Ready((n > 0).then_some(n)))
+impl PlainSocket for TcpStream {}
+
+/// The most a parked connection's first read takes (hyper's first read
+/// buffer is as big). It lives on the stack only during the read.
+const PARKED_READ: usize = 8192;
+
+impl<S: PlainSocket + AsyncRead + Unpin> AuditedIo<S> {
+    /// For a parked connection: ready with `true` once input has arrived,
+    /// read, audited and kept to be replayed (see [`AuditedIo::pending_input`]),
+    /// or with `false` at end of stream, on an error or at the idle
+    /// deadline. Reading instead of peeking saves hyper a system call:
+    /// its first read is served from the replay.
+    pub fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); PARKED_READ];
+        let mut buf = ReadBuf::uninit(&mut space);
+        match ready!(Pin::new(&mut *self).poll_read(cx, &mut buf)) {
+            Ok(()) if buf.filled().is_empty() => Poll::Ready(false),
+            Ok(()) => {
+                self.replay(buf.filled());
+                Poll::Ready(true)
+            }
+            // A malformed first line: hyper reads the error and the
+            // connection ends as it would have.
+            Err(_) if self.failed.is_some() => Poll::Ready(true),
+            Err(_) => Poll::Ready(false),
+        }
     }
 }
 
-impl<S: ParkedInput> AuditedIo<S> {
-    /// For a parked connection: ready once input waits (see
-    /// [`ParkedInput`]), or with `None` at the idle deadline.
-    pub fn poll_parked(&mut self, cx: &mut Context<'_>, seen: &mut [u8]) -> Poll<Option<usize>> {
-        if let Poll::Ready(input) = self.stream.poll_input(cx, seen) {
-            return Poll::Ready(input);
-        }
-        let deadline = self.idle_deadline();
-        if self.timer.deadline() != deadline {
-            self.timer.as_mut().reset(deadline);
-        }
-        self.timer.as_mut().poll(cx).map(|()| None)
+impl<S> AuditedIo<S> {
+    /// The input read but not yet given to hyper.
+    pub fn pending_input(&self) -> &[u8] {
+        &self.replay
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(reason) = this.failed {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, reason)));
-        }
+        // Bytes read before a malformed body line are still given out.
         if !this.replay.is_empty() {
             let n = this.replay.len().min(buf.remaining());
             buf.put_slice(&this.replay[..n]);
             this.replay.advance(n);
             return Poll::Ready(Ok(()));
+        }
+        if let Some(reason) = this.failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, reason)));
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {

@@ -33,7 +33,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::conn_io::{AuditedIo, ParkedInput};
+use super::conn_io::{AuditedIo, PlainSocket};
 use super::{ConnService, Connections};
 use crate::proxy::ConnState;
 
@@ -52,22 +52,19 @@ pub(super) async fn serve<S>(
     mut service: ConnService,
     state: Arc<ConnState>,
 ) where
-    S: ParkedInput + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: PlainSocket + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = service.conn_info.peer;
     let mut first = true;
     loop {
         // Parked: only the socket, its audit and its timers are held.
-        if !io.has_replay() {
-            match next_input(&mut io, &conns.closed).await {
-                None => break,
-                Some(may_be_h2) if first && may_be_h2 => {
-                    Box::pin(conns.auto_connection(watcher, io, service)).await;
-                    drop(slot);
-                    return;
-                }
-                Some(_) => {}
-            }
+        if !io.has_replay() && !next_input(&mut io, &conns.closed).await {
+            break;
+        }
+        if first && may_be_h2(io.pending_input()) {
+            Box::pin(conns.auto_connection(watcher, io, service)).await;
+            drop(slot);
+            return;
         }
         first = false;
         state.end_park();
@@ -92,6 +89,11 @@ pub(super) async fn serve<S>(
 }
 
 type Conn<S> = http1::UpgradeableConnection<TokioIo<AuditedIo<S>>, ConnService>;
+
+/// Whether a connection's first bytes could be HTTP/2's preface.
+fn may_be_h2(input: &[u8]) -> bool {
+    !input.is_empty() && H2_PREFACE.starts_with(&input[..input.len().min(H2_PREFACE.len())])
+}
 
 /// Polls hyper's connection until it ends: `true` when it stopped to be
 /// parked (the socket still open), `false` when the connection is over.
@@ -124,21 +126,20 @@ where
     .await
 }
 
-/// Waits for the socket's next bytes without reading them: whether they
-/// could begin the HTTP/2 preface, or `None` to close (end of stream, an
-/// error, the idle deadline or the drain).
-async fn next_input<S: ParkedInput>(io: &mut AuditedIo<S>, closed: &watch::Receiver<bool>) -> Option<bool> {
-    let mut seen = [0u8; H2_PREFACE.len()];
+/// Waits for the socket's next bytes and reads them (kept in `io` for
+/// hyper), or `false` to close (end of stream, an error, the idle deadline
+/// or the drain).
+async fn next_input<S: PlainSocket + AsyncRead + Unpin>(io: &mut AuditedIo<S>, closed: &watch::Receiver<bool>) -> bool {
     let mut closed = closed.clone();
     let stop = closed.wait_for(|closed| *closed);
     tokio::pin!(stop);
     std::future::poll_fn(|cx| {
         // Input first: a connection the drain takes from the accept queue
         // has usually sent its request already, and is served.
-        if let Poll::Ready(peeked) = io.poll_parked(cx, &mut seen) {
-            return Poll::Ready(peeked.map(|n| n > 0 && H2_PREFACE.starts_with(&seen[..n])));
+        if let Poll::Ready(input) = io.poll_parked(cx) {
+            return Poll::Ready(input);
         }
-        stop.as_mut().poll(cx).map(|_| None)
+        stop.as_mut().poll(cx).map(|_| false)
     })
     .await
 }

@@ -70,7 +70,7 @@ pub(super) fn prepare_request(parts: &mut Parts, upgrade: Option<HeaderValue>, c
     headers.insert(X_REAL_IP.clone(), real_ip);
     let proto = if conn.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(conn.local.port()));
+    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(conn.local_port));
     match forwarded_host {
         Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
         None => headers.remove(&X_FORWARDED_HOST),
@@ -186,11 +186,7 @@ mod tests {
     use http::Request;
 
     fn conn() -> ClientInfo {
-        let conn = super::super::ConnInfo {
-            peer: "192.0.2.7:5555".parse().unwrap(),
-            local: "127.0.0.1:8080".parse().unwrap(),
-            tls: false,
-        };
+        let conn = super::super::ConnInfo { peer: "192.0.2.7:5555".parse().unwrap(), local_port: 8080, tls: false };
         ClientInfo { conn, ip: conn.peer.ip(), via_trusted_proxy: false }
     }
 

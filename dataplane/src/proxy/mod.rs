@@ -97,7 +97,8 @@ impl Default for ProxyConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub local: SocketAddr,
+    /// The port the connection came in on (the listener's).
+    pub local_port: u16,
     pub tls: bool,
 }
 
