@@ -158,8 +158,8 @@ impl Router {
         })
     }
 
-    /// Sorts hosts and routes for stable output (debug views, diffs).
-    /// Call once after the last `add_route`.
+    /// Sorts hosts and routes for stable output (debug views, diffs), and
+    /// trims spare capacity. Call once after the last `add_route`.
     pub fn finish(&mut self) {
         let mut order: Vec<usize> = (0..self.vhosts.len()).collect();
         order.sort_by(|&a, &b| self.vhosts[a].host.cmp(&self.vhosts[b].host));
@@ -173,6 +173,16 @@ impl Router {
             *i = remap[*i];
         }
         self.catch_all = self.catch_all.map(|i| remap[i]);
+        // The snapshot is immutable from here: give back what growing left
+        // unused (most hosts have one route, in room for four).
+        for vhost in &mut self.vhosts {
+            vhost.routes.shrink_to_fit();
+            vhost.prefix_lens.shrink_to_fit();
+            vhost.exact.shrink_to_fit();
+            vhost.prefix.shrink_to_fit();
+        }
+        self.exact_hosts.shrink_to_fit();
+        self.wildcard_hosts.shrink_to_fit();
     }
 }
 

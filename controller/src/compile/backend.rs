@@ -39,7 +39,7 @@ impl<'w> Backends<'w> {
         let mut slices_by_service: HashMap<_, Vec<_>> = HashMap::new();
         for (key, slice) in &world.endpoint_slices {
             if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-                slices_by_service.entry((key.namespace.as_str(), svc.as_str())).or_default().push(slice);
+                slices_by_service.entry((key.namespace.as_str(), svc.as_str())).or_default().push(&**slice);
             }
         }
         Self { world, slices_by_service, index: HashMap::new(), built: Vec::new(), failures: HashMap::new() }

@@ -112,20 +112,22 @@ mod tests {
         assert!(!cfg.is_ours(&mk_ingress(Some("nginx"), None), &world));
         assert!(!cfg.is_ours(&mk_ingress(None, None), &world));
         // A class of another name that names our controller is ours too.
-        world.ingress_classes.insert("edge".into(), mk_class("edge", "switchyard.dev/ingress-controller", false));
-        world.ingress_classes.insert("nginx".into(), mk_class("nginx", "k8s.io/ingress-nginx", true));
+        world
+            .ingress_classes
+            .insert("edge".into(), mk_class("edge", "switchyard.dev/ingress-controller", false).into());
+        world.ingress_classes.insert("nginx".into(), mk_class("nginx", "k8s.io/ingress-nginx", true).into());
         assert!(cfg.is_ours(&mk_ingress(Some("edge"), None), &world));
         assert!(!cfg.is_ours(&mk_ingress(Some("nginx"), None), &world));
         // The default class is someone else's.
         assert!(!cfg.is_ours(&mk_ingress(None, None), &world));
-        world.ingress_classes.insert("edge".into(), mk_class("edge", "switchyard.dev/ingress-controller", true));
+        world.ingress_classes.insert("edge".into(), mk_class("edge", "switchyard.dev/ingress-controller", true).into());
         assert!(cfg.is_ours(&mk_ingress(None, None), &world));
         // --watch-ingress-without-class
         let cfg = ClassConfig { watch_without_class: true, ..ClassConfig::default() };
         assert!(cfg.is_ours(&mk_ingress(None, None), &World::default()));
         // A class named like ours but owned by another controller is not ours.
         let mut world = World::default();
-        world.ingress_classes.insert("switchyard".into(), mk_class("switchyard", "other.io/ctrl", false));
+        world.ingress_classes.insert("switchyard".into(), mk_class("switchyard", "other.io/ctrl", false).into());
         assert!(!cfg.is_ours(&mk_ingress(Some("switchyard"), None), &world));
     }
 }

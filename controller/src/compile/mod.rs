@@ -41,7 +41,8 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
     let mut backends = backend::Backends::new(world);
     let mut router = Router::default();
 
-    let mut ours: Vec<_> = world.ingresses.iter().filter(|(_, ing)| classes.is_ours(ing, world)).collect();
+    let mut ours: Vec<(&ObjectKey, &k8s_openapi::api::networking::v1::Ingress)> =
+        world.ingresses.iter().map(|(k, ing)| (k, &**ing)).filter(|(_, ing)| classes.is_ours(ing, world)).collect();
     ours.sort_by_key(|(key, ing)| precedence(&ing.metadata, key));
     let tls = tls::build(world, &ours, classes.default_certificate.as_ref(), &mut diagnostics);
     for (key, ing) in &ours {

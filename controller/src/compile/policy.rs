@@ -38,6 +38,7 @@ fn targeting<'w>(
                 && t.name == service
                 && (t.port.is_none() || port.is_none() || t.port == port)
         })
+        .map(|(key, p)| (key, &**p))
         .collect();
     found.sort_by_key(|(key, p)| super::precedence(&p.metadata, key));
     found

@@ -129,8 +129,9 @@ impl Stores {
         }
     }
 
-    /// The world as the stores hold it now, with the data of every Secret
-    /// an Ingress references (fetched once when the cache stripped it).
+    /// The world as the stores hold it now (sharing the cached objects),
+    /// with the data of every Secret an Ingress references (fetched once
+    /// when the cache stripped it).
     pub async fn world(&self) -> World {
         let ingresses = self.ingresses.state();
         let cached = self.secrets.state();
@@ -140,13 +141,13 @@ impl Stores {
             .ingresses
             .state()
             .into_iter()
-            .map(|o| Object::Ingress(Box::new((*o).clone())))
-            .chain(self.ingress_classes.state().into_iter().map(|o| Object::IngressClass(Box::new((*o).clone()))))
-            .chain(self.services.state().into_iter().map(|o| Object::Service(Box::new((*o).clone()))))
-            .chain(self.endpoint_slices.state().into_iter().map(|o| Object::EndpointSlice(Box::new((*o).clone()))))
-            .chain(secrets.into_iter().map(|o| Object::Secret(Box::new(o))))
-            .chain(self.policies.state().into_iter().map(|o| Object::BalancerPolicy(Box::new((*o).clone()))))
-            .chain(self.tcp_services.iter().flat_map(|s| s.state()).map(|o| Object::ConfigMap(Box::new((*o).clone()))));
+            .map(Object::Ingress)
+            .chain(self.ingress_classes.state().into_iter().map(Object::IngressClass))
+            .chain(self.services.state().into_iter().map(Object::Service))
+            .chain(self.endpoint_slices.state().into_iter().map(Object::EndpointSlice))
+            .chain(secrets.into_iter().map(|o| Object::Secret(Arc::new(o))))
+            .chain(self.policies.state().into_iter().map(Object::BalancerPolicy))
+            .chain(self.tcp_services.iter().flat_map(|s| s.state()).map(Object::ConfigMap));
         for object in objects {
             world.insert(object);
         }

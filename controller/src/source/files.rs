@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -24,7 +25,7 @@ use crate::world::{Object, ObjectKey, World};
 const SETTLE: Duration = Duration::from_millis(50);
 
 /// Where each object came from: `(kind, key) → file`.
-pub type Origins = HashMap<(&'static str, ObjectKey), PathBuf>;
+pub type Origins = HashMap<(&'static str, ObjectKey), Arc<Path>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Fingerprint {
@@ -207,6 +208,8 @@ impl Built {
     fn from_files(files: &BTreeMap<PathBuf, FileState>) -> Self {
         let mut built = Built::default();
         for (path, state) in files {
+            // One copy of the path, shared by the file's objects.
+            let shared: Arc<Path> = Arc::from(path.as_path());
             let mut ids = Vec::with_capacity(state.objects.len());
             for object in &state.objects {
                 let id = (object.kind(), object.key());
@@ -219,7 +222,7 @@ impl Built {
                     continue;
                 }
                 built.world.insert(object.clone());
-                built.origins.insert(id.clone(), path.clone());
+                built.origins.insert(id.clone(), shared.clone());
                 ids.push(id);
             }
             built.by_file.insert(path.clone(), ids);
@@ -237,7 +240,7 @@ impl Built {
         let mut seen = HashSet::with_capacity(objects.len());
         for object in objects {
             let id = (object.kind(), object.key());
-            let elsewhere = self.origins.get(&id).is_some_and(|p| p != path);
+            let elsewhere = self.origins.get(&id).is_some_and(|p| **p != *path);
             if elsewhere || self.duplicated.contains(&id) || !seen.insert(id.clone()) {
                 return false;
             }
@@ -250,9 +253,10 @@ impl Built {
             self.world.remove(id.0, &id.1);
             self.origins.remove(id);
         }
+        let shared: Arc<Path> = Arc::from(path);
         for (object, id) in objects.iter().zip(&new_ids) {
             self.world.insert(object.clone());
-            self.origins.insert(id.clone(), path.to_path_buf());
+            self.origins.insert(id.clone(), shared.clone());
         }
         if state.is_some() {
             self.by_file.insert(path.to_path_buf(), new_ids);

@@ -60,8 +60,8 @@ fn collect(value: serde_json::Value, document: usize, parsed: &mut Parsed) -> Re
         document: usize,
         kind: &str,
         name: &str,
-    ) -> Result<Box<T>, ManifestError> {
-        serde_json::from_value(v).map(Box::new).map_err(|source| ManifestError::Invalid {
+    ) -> Result<std::sync::Arc<T>, ManifestError> {
+        serde_json::from_value(v).map(std::sync::Arc::new).map_err(|source| ManifestError::Invalid {
             document,
             kind: kind.to_string(),
             name: name.to_string(),
