@@ -178,11 +178,7 @@ impl Router {
         for vhost in &mut self.vhosts {
             vhost.routes.shrink_to_fit();
             vhost.prefix_lens.shrink_to_fit();
-            vhost.exact.shrink_to_fit();
-            vhost.prefix.shrink_to_fit();
         }
-        self.exact_hosts.shrink_to_fit();
-        self.wildcard_hosts.shrink_to_fit();
     }
 }
 
