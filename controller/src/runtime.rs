@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use switchyard_dataplane::SnapshotHandle;
 use switchyard_dataplane::admin::{AdminState, serve_admin};
 use switchyard_dataplane::listener::audit::HeadLimits;
-use switchyard_dataplane::listener::{Drain, ListenerConfig, TlsTermination, serve_http, serve_https};
+use switchyard_dataplane::listener::{Drain, ListenerConfig, TlsTermination, listen, serve_http, serve_https};
 use switchyard_dataplane::metrics::Metrics;
 use switchyard_dataplane::proxy::{AccessLog, AccessLogTarget, Proxy, ProxyConfig, client_tls_config, parse_ca_pem};
 use switchyard_dataplane::tcp::{TcpConfig, TcpServices};
@@ -42,16 +42,13 @@ impl Dataplane {
     /// Binds the listeners now, so that a taken port fails at start with a
     /// clear error.
     pub async fn bind(args: &DataplaneArgs) -> anyhow::Result<Self> {
-        let http = TcpListener::bind(args.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
+        let http =
+            listen(args.http_addr).with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
         let admin = TcpListener::bind(args.admin_addr)
             .await
             .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
         let https = match args.https_addr {
-            Some(addr) => {
-                Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --https-addr {addr}"))?)
-            }
+            Some(addr) => Some(listen(addr).with_context(|| format!("cannot listen on --https-addr {addr}"))?),
             None => None,
         };
         let https_addr = https.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string());

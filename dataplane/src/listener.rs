@@ -147,6 +147,19 @@ impl Drain {
 
 /// Serves plain-HTTP proxy traffic on `listener` until `drain` says stop,
 /// then drains open connections and tunnels for at most `drain_timeout`.
+/// A listening socket for [`serve_http`] and [`serve_https`], with
+/// TCP_NODELAY set before it listens, so that every connection it accepts
+/// has it (Linux copies it into accepted sockets).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As `TcpListener::bind` does: a restarted process rebinds at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, config: ListenerConfig, drain: Drain) {
     serve(listener, proxy, config, drain, None).await;
 }
@@ -204,8 +217,10 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     // Inherited by accepted sockets on Linux (see `Connections::serve`).
+    // [`listen`] sets it before the first connection can arrive; this is
+    // for listeners made elsewhere.
     if let Err(err) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
-        tracing::debug!(error = %err, "TCP_NODELAY not set on the listener");
+        tracing::warn!(error = %err, "TCP_NODELAY not set on the listener; responses may wait for ACKs");
     }
     let slots = Arc::new(Semaphore::new(config.max_connections.unwrap_or(Semaphore::MAX_PERMITS)));
     let relays = Arc::new(Relays::default());
@@ -691,5 +706,23 @@ async fn handshake(
             tracing::debug!(?peer, ?sni, error = %err, "TLS handshake failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every accepted connection has TCP_NODELAY, without a system call
+    /// per connection on Linux: the listening socket carries it.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap(), "accepted socket without TCP_NODELAY");
+        drop(client);
+        // The same address can be listened on again at once (SO_REUSEADDR).
+        drop((listener, accepted));
+        super::listen(addr).expect("rebinding the port just closed");
     }
 }

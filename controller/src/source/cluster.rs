@@ -137,9 +137,8 @@ impl Stores {
         let cached = self.secrets.state();
         let secrets = self.referenced.resolve(&ingresses, &cached).await;
         let mut world = World::default();
-        let objects = self
-            .ingresses
-            .state()
+        // The Ingresses the Secrets were resolved for, not a newer list.
+        let objects = ingresses
             .into_iter()
             .map(Object::Ingress)
             .chain(self.ingress_classes.state().into_iter().map(Object::IngressClass))

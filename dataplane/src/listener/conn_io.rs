@@ -120,7 +120,8 @@ impl<S> AuditedIo<S> {
         match self.timeouts.release_after {
             // Only once hyper has served a request: a connection stopped
             // before that would answer its first one with `Connection: close`.
-            Some(after) if !self.state.park_wanted() && self.state.has_served() => {
+            // Not while parked either: it is released already.
+            Some(after) if !self.state.park_wanted() && !self.state.is_parking() && self.state.has_served() => {
                 Some((self.last_activity + after, Lapse::Release))
             }
             _ => Some((self.idle_deadline(), Lapse::Idle)),
