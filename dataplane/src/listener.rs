@@ -145,11 +145,10 @@ impl Drain {
 
 // === serve_http ===
 
-/// Serves plain-HTTP proxy traffic on `listener` until `drain` says stop,
-/// then drains open connections and tunnels for at most `drain_timeout`.
 /// A listening socket for [`serve_http`] and [`serve_https`], with
 /// TCP_NODELAY set before it listens, so that every connection it accepts
-/// has it (Linux copies it into accepted sockets).
+/// has it (Linux copies it into accepted sockets; the listener does not set
+/// it per connection there).
 pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     // As `TcpListener::bind` does: a restarted process rebinds at once.
@@ -160,6 +159,9 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// Serves plain-HTTP proxy traffic on `listener` (from [`listen`]) until
+/// `drain` says stop, then drains open connections and tunnels for at most
+/// `drain_timeout`.
 pub async fn serve_http(listener: TcpListener, proxy: Arc<Proxy>, config: ListenerConfig, drain: Drain) {
     serve(listener, proxy, config, drain, None).await;
 }
@@ -216,12 +218,6 @@ async fn serve(
         .keep_alive_timeout(Duration::from_secs(10));
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
-    // Inherited by accepted sockets on Linux (see `Connections::serve`).
-    // [`listen`] sets it before the first connection can arrive; this is
-    // for listeners made elsewhere.
-    if let Err(err) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
-        tracing::warn!(error = %err, "TCP_NODELAY not set on the listener; responses may wait for ACKs");
-    }
     let slots = Arc::new(Semaphore::new(config.max_connections.unwrap_or(Semaphore::MAX_PERMITS)));
     let relays = Arc::new(Relays::default());
     // Turns true once the listener has closed (the drain's second step):
@@ -396,8 +392,8 @@ impl Connections {
         peer: std::net::SocketAddr,
         slot: Option<OwnedSemaphorePermit>,
     ) {
-        // Linux gives accepted sockets the listener's TCP_NODELAY (set in
-        // `serve`): one system call less per connection.
+        // Linux gives accepted sockets the listener's TCP_NODELAY (set by
+        // [`listen`]): one system call less per connection.
         #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         // Taken now: the drain waits for a header or handshake in flight too.
