@@ -13,9 +13,11 @@
 //!   element-wise on `/` with the trailing slash ignored; the longest match
 //!   wins and `Exact` beats `Prefix` of the same length.
 //!
-//! All work happens when the router is built. A lookup does one hash-map
-//! probe per distinct prefix length configured for the host (never more,
-//! however deep the request path) on borrowed slices, and allocates nothing.
+//! All work happens when the router is built. A lookup allocates nothing
+//! and its cost is bounded by the configuration, never by how deep the
+//! request path is: a host with a few routes (most have one) is matched by
+//! comparing them in turn; a larger one by one hash-map probe per distinct
+//! prefix length configured for it, on borrowed slices.
 
 /// The router's maps: foldhash instead of SipHash (keys come from the
 /// configuration; a lookup with a hostile key costs one hash either way).
@@ -29,6 +31,12 @@ use crate::snapshot::{PathKind, Route};
 
 /// Longest host name we look up (RFC 1035: 253 characters, plus slack).
 const MAX_HOST_LEN: usize = 255;
+
+/// Hosts with at most this many routes are matched by comparing each
+/// route: as fast as a hash probe at this size, and without the hash maps
+/// (about 250 bytes per host, with 10,000 one-route hosts a third of the
+/// router).
+const SCAN_MAX: usize = 8;
 
 /// The host → path → route table of one snapshot.
 #[derive(Debug, Default, Serialize)]
@@ -49,15 +57,22 @@ pub struct Router {
 pub struct VirtualHost {
     pub host: Arc<str>,
     routes: Vec<Route>,
+    /// Hash indexes over `routes`: while the router is built (they find
+    /// conflicts), and afterwards for hosts with more than [`SCAN_MAX`]
+    /// routes.
     #[serde(skip)]
+    index: Option<Box<PathIndex>>,
+}
+
+/// Route positions by path.
+#[derive(Debug, Default)]
+struct PathIndex {
     exact: HashMap<Box<str>, usize>,
     /// Keyed by the prefix with trailing slashes removed (`/` becomes ``).
-    #[serde(skip)]
     prefix: HashMap<Box<str>, usize>,
     /// The distinct byte lengths of `prefix` keys, longest first: a lookup
     /// probes only cut points of these lengths, so its cost is bounded by
     /// the configuration, not by how deep a (hostile) request path is.
-    #[serde(skip)]
     prefix_lens: Vec<usize>,
 }
 
@@ -174,10 +189,15 @@ impl Router {
         }
         self.catch_all = self.catch_all.map(|i| remap[i]);
         // The snapshot is immutable from here: give back what growing left
-        // unused (most hosts have one route, in room for four).
+        // unused (most hosts have one route, in room for four), and the
+        // indexes small hosts do not need.
         for vhost in &mut self.vhosts {
             vhost.routes.shrink_to_fit();
-            vhost.prefix_lens.shrink_to_fit();
+            if vhost.routes.len() <= SCAN_MAX {
+                vhost.index = None;
+            } else if let Some(index) = &mut vhost.index {
+                index.prefix_lens.shrink_to_fit();
+            }
         }
     }
 }
@@ -186,13 +206,7 @@ impl Router {
 
 impl VirtualHost {
     fn new(host: &str) -> Self {
-        Self {
-            host: host.into(),
-            routes: Vec::new(),
-            exact: HashMap::default(),
-            prefix: HashMap::default(),
-            prefix_lens: Vec::new(),
-        }
+        Self { host: host.into(), routes: Vec::new(), index: None }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -201,46 +215,108 @@ impl VirtualHost {
 
     fn add(&mut self, mut route: Route) -> Result<(), RouteError> {
         route.host = self.host.clone();
-        let (map, key) = match route.kind {
-            PathKind::Exact => (&mut self.exact, &*route.path),
-            PathKind::Prefix => (&mut self.prefix, route.path.trim_end_matches('/')),
-        };
-        match map.entry(key.into()) {
-            Entry::Occupied(e) => Err(RouteError::Conflict {
+        let index = self.index.get_or_insert_with(|| Box::new(PathIndex::build(&self.routes)));
+        if let Err(existing) = index.insert(&route, self.routes.len()) {
+            return Err(RouteError::Conflict {
                 host: self.host.to_string(),
                 path: route.path.to_string(),
                 kind: route.kind,
-                existing: self.routes[*e.get()].source.clone(),
-            }),
+                existing: self.routes[existing].source.clone(),
+            });
+        }
+        self.routes.push(route);
+        Ok(())
+    }
+
+    /// Longest match wins; `Exact` beats `Prefix` of equal length.
+    pub fn match_path(&self, path: &str) -> Option<&Route> {
+        let found = match &self.index {
+            Some(index) => index.lookup(path),
+            None => scan(&self.routes, path),
+        };
+        found.map(|i| &self.routes[i])
+    }
+}
+
+// === impl PathIndex ===
+
+impl PathIndex {
+    fn build(routes: &[Route]) -> Self {
+        let mut index = Self::default();
+        for (i, route) in routes.iter().enumerate() {
+            // Routes already in place were checked when they were added.
+            let _ = index.insert(route, i);
+        }
+        index
+    }
+
+    /// Indexes `route` as route `i`; `Err` with the position of the route
+    /// that already has its path and type.
+    fn insert(&mut self, route: &Route, i: usize) -> Result<(), usize> {
+        let (map, key) = match route.kind {
+            PathKind::Exact => (&mut self.exact, &*route.path),
+            PathKind::Prefix => (&mut self.prefix, prefix_key(&route.path)),
+        };
+        match map.entry(key.into()) {
+            Entry::Occupied(e) => Err(*e.get()),
             Entry::Vacant(e) => {
                 let len = e.key().len();
-                e.insert(self.routes.len());
+                e.insert(i);
                 if route.kind == PathKind::Prefix && !self.prefix_lens.contains(&len) {
                     self.prefix_lens.push(len);
                     self.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
                 }
-                self.routes.push(route);
                 Ok(())
             }
         }
     }
 
-    /// Longest match wins; `Exact` beats `Prefix` of equal length.
-    pub fn match_path(&self, path: &str) -> Option<&Route> {
+    fn lookup(&self, path: &str) -> Option<usize> {
         if let Some(&i) = self.exact.get(path) {
-            return Some(&self.routes[i]);
+            return Some(i);
         }
-        // A prefix key of length `n` matches when the path (trailing slashes
-        // removed) has an element boundary at `n`: `/a/b` and `/a/b/` match
-        // `/a/b`, `/a` and `` (the `/` prefix), never `/a/bc`.
         let trimmed = path.trim_end_matches('/');
-        let bytes = trimmed.as_bytes();
         self.prefix_lens
             .iter()
-            .filter(|&&n| n == bytes.len() || (n < bytes.len() && bytes[n] == b'/'))
+            .filter(|&&n| at_boundary(trimmed, n))
             .find_map(|&n| self.prefix.get(&trimmed[..n]))
-            .map(|&i| &self.routes[i])
+            .copied()
     }
+}
+
+/// [`PathIndex::lookup`] without the index: the exact route for `path`,
+/// else the longest prefix that matches.
+fn scan(routes: &[Route], path: &str) -> Option<usize> {
+    let trimmed = path.trim_end_matches('/');
+    let mut best: Option<(usize, usize)> = None;
+    for (i, route) in routes.iter().enumerate() {
+        match route.kind {
+            PathKind::Exact if *route.path == *path => return Some(i),
+            PathKind::Exact => {}
+            PathKind::Prefix => {
+                let key = prefix_key(&route.path);
+                let longer = best.is_none_or(|(len, _)| key.len() > len);
+                if longer && at_boundary(trimmed, key.len()) && trimmed.as_bytes()[..key.len()] == *key.as_bytes() {
+                    best = Some((key.len(), i));
+                }
+            }
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// A `Prefix` path as it is matched: trailing slashes removed (`/` becomes
+/// ``).
+fn prefix_key(path: &str) -> &str {
+    path.trim_end_matches('/')
+}
+
+/// A prefix key of length `n` can match `trimmed` (a path with trailing
+/// slashes removed) when `trimmed` has an element boundary at `n`: `/a/b`
+/// and `/a/b/` match `/a/b`, `/a` and `` (the `/` prefix), never `/a/bc`.
+fn at_boundary(trimmed: &str, n: usize) -> bool {
+    let bytes = trimmed.as_bytes();
+    n == bytes.len() || (n < bytes.len() && bytes[n] == b'/')
 }
 
 /// Strips the port and a trailing dot and lowercases into `buf`, returning

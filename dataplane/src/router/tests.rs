@@ -19,8 +19,20 @@ fn mk_router(paths: &[(PathKind, &str)]) -> Router {
     r
 }
 
+/// The backend that serves `path`; every host is also matched through
+/// its hash index, which must agree (hosts with few routes are matched
+/// without one).
 fn routed(r: &Router, path: &str) -> Option<usize> {
-    r.route(Some("any.example"), path).map(|route| route.backend)
+    let found = r.route(Some("any.example"), path).map(|route| route.backend);
+    for vhost in r.vhosts() {
+        let index = PathIndex::build(vhost.routes());
+        assert_eq!(
+            index.lookup(path).map(|i| vhost.routes()[i].backend),
+            scan(vhost.routes(), path).map(|i| vhost.routes()[i].backend),
+            "scan and index disagree on {path:?}"
+        );
+    }
+    found
 }
 
 use PathKind::{Exact, Prefix};
@@ -181,6 +193,24 @@ fn deep_paths_match_with_a_bounded_number_of_probes() {
     assert_eq!(routed(&r, &deep), Some(1));
     assert_eq!(routed(&r, &format!("/a/a/b{deep}")), Some(2));
     assert_eq!(routed(&r, &format!("/x{deep}")), Some(0));
-    let vhost = &r.vhosts()[0];
-    assert_eq!(vhost.prefix_lens, [6, 2, 0], "one probe per distinct configured prefix length");
+    let index = PathIndex::build(r.vhosts()[0].routes());
+    assert_eq!(index.prefix_lens, [6, 2, 0], "one probe per distinct configured prefix length");
+}
+
+#[test]
+fn large_hosts_keep_their_index_and_match_like_small_ones() {
+    let paths: Vec<String> = (0..20).map(|i| format!("/p{i}")).collect();
+    let mut table: Vec<(PathKind, &str)> = vec![(Prefix, "/"), (Exact, "/p3/x")];
+    table.extend(paths.iter().map(|p| (Prefix, p.as_str())));
+    let r = mk_router(&table);
+    assert!(r.vhosts()[0].index.is_some(), "more than SCAN_MAX routes: indexed");
+    assert_eq!(routed(&r, "/p3/x"), Some(1));
+    assert_eq!(routed(&r, "/p3/y"), Some(5));
+    assert_eq!(routed(&r, "/p19"), Some(21));
+    assert_eq!(routed(&r, "/p190"), Some(0));
+    let small = mk_router(&table[..SCAN_MAX]);
+    assert!(small.vhosts()[0].index.is_none(), "SCAN_MAX routes or fewer: scanned");
+    // Adding after finish() rebuilds the index the conflict check needs.
+    let mut r = small;
+    assert!(matches!(r.add_route(None, mk_route("/p0/", Prefix, 99)), Err(RouteError::Conflict { .. })));
 }
