@@ -401,8 +401,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
-        let authority = Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
-        let label: Arc<str> = addr.to_string().into();
+        // Formatted once: the label, and the authority's bytes (shared).
+        let text = addr.to_string();
+        let label: Arc<str> = text.as_str().into();
+        let authority =
+            Authority::from_maybe_shared(bytes::Bytes::from(text)).expect("a socket address is a valid authority");
         let affinity_digest = crate::balance::hash_key(label.as_bytes());
         Self { addr, pod: None, zone: None, weight: 1, draining: false, label, affinity_digest, authority }
     }
