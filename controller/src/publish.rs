@@ -31,7 +31,9 @@ impl Publisher {
     /// Compiles `world` and makes the result live. `origin` names where an
     /// object came from (a file), for the logs.
     pub fn apply(&mut self, world: &World, origin: impl Fn(&'static str, &ObjectKey) -> Option<String>) -> Compiled {
+        let started = std::time::Instant::now();
         let mut compiled = compile(world, &self.classes);
+        let compile_time = started.elapsed();
         let now: BTreeSet<Diagnostic> = compiled.diagnostics.iter().cloned().collect();
         for d in now.difference(&self.reported) {
             let from = origin(d.kind, &d.object).unwrap_or_default();
@@ -57,7 +59,15 @@ impl Publisher {
             self.metrics.tls_certificate_expiry.with_label_values(&[&*cert.secret]).set(cert.not_after);
         }
         self.metrics.config_reloads.with_label_values(&["applied"]).inc();
-        tracing::info!(generation, vhosts, backends, ingresses = compiled.served_ingresses.len(), "snapshot live");
+        tracing::info!(
+            generation,
+            vhosts,
+            backends,
+            ingresses = compiled.served_ingresses.len(),
+            compile_ms = compile_time.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "snapshot live"
+        );
         compiled
     }
 }
