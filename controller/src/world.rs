@@ -39,6 +39,21 @@ impl ObjectKey {
     }
 }
 
+impl ObjectKey {
+    /// The [`Display`](fmt::Display) text, built without the formatting
+    /// machinery (compile makes one per Ingress).
+    pub fn text(&self) -> String {
+        if self.namespace.is_empty() {
+            return self.name.clone();
+        }
+        let mut out = String::with_capacity(self.namespace.len() + 1 + self.name.len());
+        out.push_str(&self.namespace);
+        out.push('/');
+        out.push_str(&self.name);
+        out
+    }
+}
+
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.namespace.is_empty() { f.write_str(&self.name) } else { write!(f, "{}/{}", self.namespace, self.name) }

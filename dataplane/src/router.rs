@@ -57,8 +57,7 @@ pub struct Router {
 pub struct VirtualHost {
     pub host: Arc<str>,
     routes: Vec<Route>,
-    /// Hash indexes over `routes`: while the router is built (they find
-    /// conflicts), and afterwards for hosts with more than [`SCAN_MAX`]
+    /// Hash indexes over `routes`, for hosts with more than [`SCAN_MAX`]
     /// routes.
     #[serde(skip)]
     index: Option<Box<PathIndex>>,
@@ -154,7 +153,8 @@ impl Router {
     }
 
     fn vhost_index(&mut self, host: &str) -> Result<usize, RouteError> {
-        let lower = host.to_ascii_lowercase();
+        let lower: std::borrow::Cow<'_, str> =
+            if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase().into() } else { host.into() };
         let lower = lower.trim_end_matches('.');
         let invalid = || RouteError::InvalidHost { host: host.to_string() };
         let (map, key) = match lower.strip_prefix("*.") {
@@ -189,13 +189,10 @@ impl Router {
         }
         self.catch_all = self.catch_all.map(|i| remap[i]);
         // The snapshot is immutable from here: give back what growing left
-        // unused (most hosts have one route, in room for four), and the
-        // indexes small hosts do not need.
+        // unused (hosts with more routes than SCAN_MAX).
         for vhost in &mut self.vhosts {
             vhost.routes.shrink_to_fit();
-            if vhost.routes.len() <= SCAN_MAX {
-                vhost.index = None;
-            } else if let Some(index) = &mut vhost.index {
+            if let Some(index) = &mut vhost.index {
                 index.prefix_lens.shrink_to_fit();
             }
         }
@@ -215,14 +212,25 @@ impl VirtualHost {
 
     fn add(&mut self, mut route: Route) -> Result<(), RouteError> {
         route.host = self.host.clone();
-        let index = self.index.get_or_insert_with(|| Box::new(PathIndex::build(&self.routes)));
-        if let Err(existing) = index.insert(&route, self.routes.len()) {
+        // A small host is checked by comparing its routes and gets no
+        // index; it is built once the host outgrows SCAN_MAX.
+        let taken = if self.index.is_none() && self.routes.len() < SCAN_MAX {
+            self.routes.iter().position(|r| same_key(r, &route))
+        } else {
+            let index = self.index.get_or_insert_with(|| Box::new(PathIndex::build(&self.routes)));
+            index.insert(&route, self.routes.len()).err()
+        };
+        if let Some(existing) = taken {
             return Err(RouteError::Conflict {
                 host: self.host.to_string(),
                 path: route.path.to_string(),
                 kind: route.kind,
                 existing: self.routes[existing].source.clone(),
             });
+        }
+        if self.routes.len() < SCAN_MAX {
+            // Most hosts have one route: no room for more to trim later.
+            self.routes.reserve_exact(1);
         }
         self.routes.push(route);
         Ok(())
@@ -305,6 +313,15 @@ fn scan(routes: &[Route], path: &str) -> Option<usize> {
     best.map(|(_, i)| i)
 }
 
+/// Whether two routes have the same type and the same path as matched.
+fn same_key(a: &Route, b: &Route) -> bool {
+    a.kind == b.kind
+        && match a.kind {
+            PathKind::Exact => a.path == b.path,
+            PathKind::Prefix => prefix_key(&a.path) == prefix_key(&b.path),
+        }
+}
+
 /// A `Prefix` path as it is matched: trailing slashes removed (`/` becomes
 /// ``).
 fn prefix_key(path: &str) -> &str {
@@ -345,17 +362,21 @@ pub fn strip_port(host: &str) -> Option<&str> {
 
 /// Lowercase RFC 1123 labels separated by dots (no wildcard).
 pub(crate) fn valid_dns_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_dns_label)
+    !name.is_empty() && name.len() <= 253 && name.as_bytes().split(|&b| b == b'.').all(valid_label_bytes)
 }
 
 /// One lowercase RFC 1123 label: 1 to 63 letters, digits and inner
 /// hyphens (also the shape of a namespace or Service name).
 pub fn valid_dns_label(label: &str) -> bool {
+    valid_label_bytes(label.as_bytes())
+}
+
+fn valid_label_bytes(label: &[u8]) -> bool {
     !label.is_empty()
         && label.len() <= 63
-        && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-')
+        && label.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && label.first() != Some(&b'-')
+        && label.last() != Some(&b'-')
 }
 
 #[cfg(test)]

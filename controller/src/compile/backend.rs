@@ -9,6 +9,7 @@
 //! requests, but its sticky sessions continue until it is removed.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -28,7 +29,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub(super) struct Backends<'w> {
     world: &'w World,
     slices_by_service: HashMap<(&'w str, &'w str), Vec<&'w EndpointSlice>>,
-    index: HashMap<String, usize>,
+    index: HashMap<Box<str>, usize>,
+    /// The buffer `resolve_for` builds backend ids in.
+    scratch: String,
     built: Vec<Backend>,
     /// Why a backend is unavailable, to report to every Ingress using it.
     failures: HashMap<usize, (Reason, String)>,
@@ -42,7 +45,14 @@ impl<'w> Backends<'w> {
                 slices_by_service.entry((key.namespace.as_str(), svc.as_str())).or_default().push(&**slice);
             }
         }
-        Self { world, slices_by_service, index: HashMap::new(), built: Vec::new(), failures: HashMap::new() }
+        Self {
+            world,
+            slices_by_service,
+            index: HashMap::new(),
+            scratch: String::new(),
+            built: Vec::new(),
+            failures: HashMap::new(),
+        }
     }
 
     /// The index of the backend for `svc` in `namespace`, building it on
@@ -66,21 +76,33 @@ impl<'w> Backends<'w> {
         svc: &IngressServiceBackend,
         diagnostics: &mut Vec<Diagnostic>,
     ) -> usize {
+        // `namespace/service:port`, written into a reused buffer: most
+        // routes share a backend already built, and need no allocation.
         let port = svc.port.as_ref();
-        let port_label = match (port.and_then(|p| p.number), port.and_then(|p| p.name.as_deref())) {
-            (Some(n), _) => n.to_string(),
-            (None, Some(name)) => name.to_string(),
-            (None, None) => String::new(),
-        };
-        let id = format!("{namespace}/{}:{port_label}", svc.name);
-        if let Some(&i) = self.index.get(&id) {
+        let mut id = std::mem::take(&mut self.scratch);
+        id.clear();
+        id.push_str(namespace);
+        id.push('/');
+        id.push_str(&svc.name);
+        id.push(':');
+        let port_start = id.len();
+        match (port.and_then(|p| p.number), port.and_then(|p| p.name.as_deref())) {
+            (Some(n), _) => {
+                let _ = write!(id, "{n}");
+            }
+            (None, Some(name)) => id.push_str(name),
+            (None, None) => {}
+        }
+        if let Some(&i) = self.index.get(id.as_str()) {
+            self.scratch = id;
             // Report the same problem for every Ingress that uses it.
             if let Some((reason, msg)) = self.failures.get(&i) {
                 diagnostics.push(Diagnostic::new(kind, referrer, *reason, msg.clone()));
             }
             return i;
         }
-        let service_label = format!("{namespace}/{}", svc.name);
+        let port_label = id[port_start..].to_string();
+        let service_label = id[..port_start - 1].to_string();
         let backend = match self.world.services.get(&ObjectKey::new(namespace, svc.name.clone())) {
             None => {
                 let msg = format!("service {service_label} not found");
@@ -103,7 +125,8 @@ impl<'w> Backends<'w> {
             },
         };
         self.built.push(backend);
-        self.index.insert(id, self.built.len() - 1);
+        self.index.insert(id.as_str().into(), self.built.len() - 1);
+        self.scratch = id;
         self.built.len() - 1
     }
 

@@ -30,7 +30,7 @@ pub(super) fn add_ingress(
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     let Some(spec) = &ing.spec else { return };
-    let source: Arc<str> = key.to_string().into();
+    let source: Arc<str> = key.text().into();
     let max_body_size = body_size(key, ing, diagnostics);
     let ssl_redirect = ssl_redirect(key, ing, diagnostics);
     let upstream = backend_protocol(key, ing, diagnostics);

@@ -36,6 +36,10 @@ pub(super) fn build(
     // Which Ingress passes each host through, to name it in a conflict.
     let mut owners: HashMap<String, &ObjectKey> = HashMap::new();
     let passing: Vec<bool> = ingresses.iter().map(|&(key, ing)| enabled(key, ing, diagnostics)).collect();
+    if !passing.contains(&true) {
+        // Nothing is passed through, so nothing can conflict with it.
+        return hosts;
+    }
     // The oldest Ingress without passthrough that names each host.
     let mut terminated: HashMap<String, (usize, &ObjectKey)> = HashMap::new();
     for (i, &(key, ing)) in ingresses.iter().enumerate().filter(|(i, _)| !passing[*i]) {
