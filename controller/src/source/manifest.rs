@@ -2,7 +2,6 @@
 //! included) into typed objects.
 
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
 
 use crate::world::Object;
 
@@ -23,46 +22,46 @@ pub enum ManifestError {
     #[error("document {document}: not an object with `apiVersion` and `kind`")]
     NotAnObject { document: usize },
     #[error("document {document}: {kind} {name}: {source}")]
-    Invalid { document: usize, kind: String, name: String, source: serde_yaml::Error },
+    Invalid { document: usize, kind: String, name: String, source: serde_json::Error },
 }
 
-/// Parses every document of `text`. Each document is read into one YAML
-/// tree, and the typed object is then built from that tree, taking its
-/// strings over (JSON is YAML, so both parse here).
+/// Parses every document of `text`.
 pub fn parse(text: &str) -> Result<Parsed, ManifestError> {
     let mut parsed = Parsed::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
-        let value: Value =
+        let value: serde_yaml::Value =
             serde::Deserialize::deserialize(doc).map_err(|source| ManifestError::Syntax { document, source })?;
         if value.is_null() {
             continue; // empty document (`---` at the end, comments only)
         }
+        let value: serde_json::Value =
+            serde_json::to_value(&value).map_err(|_| ManifestError::NotAnObject { document })?;
         collect(value, document, &mut parsed)?;
     }
-    parsed.objects.shrink_to_fit();
     Ok(parsed)
 }
 
-fn collect(value: Value, document: usize, parsed: &mut Parsed) -> Result<(), ManifestError> {
-    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
-    let Some(kind) = text(&value, "kind") else {
+fn collect(value: serde_json::Value, document: usize, parsed: &mut Parsed) -> Result<(), ManifestError> {
+    let Some(kind) = value.get("kind").and_then(|k| k.as_str()).map(str::to_string) else {
         return Err(ManifestError::NotAnObject { document });
     };
-    let api_version = text(&value, "apiVersion").unwrap_or_default();
-    let metadata = value.get("metadata");
-    let name = match (metadata.and_then(|m| text(m, "namespace")), metadata.and_then(|m| text(m, "name"))) {
-        (Some(ns), Some(n)) => format!("{ns}/{n}"),
-        (None, Some(n)) => n,
-        (_, None) => "<unnamed>".to_string(),
-    };
+    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .map(|n| match value.pointer("/metadata/namespace").and_then(|n| n.as_str()) {
+            Some(ns) => format!("{ns}/{n}"),
+            None => n.to_string(),
+        })
+        .unwrap_or_else(|| "<unnamed>".to_string());
     fn typed<T: DeserializeOwned>(
-        v: Value,
+        v: serde_json::Value,
         document: usize,
         kind: &str,
         name: &str,
     ) -> Result<std::sync::Arc<T>, ManifestError> {
-        serde_yaml::from_value(v).map(std::sync::Arc::new).map_err(|source| ManifestError::Invalid {
+        serde_json::from_value(v).map(std::sync::Arc::new).map_err(|source| ManifestError::Invalid {
             document,
             kind: kind.to_string(),
             name: name.to_string(),
@@ -71,14 +70,12 @@ fn collect(value: Value, document: usize, parsed: &mut Parsed) -> Result<(), Man
     }
     let object = match (api_version.as_str(), kind.as_str()) {
         (_, "List") => {
-            let items = match value {
-                Value::Mapping(mut map) => map.remove("items"),
-                _ => None,
+            let items = match value.get("items") {
+                Some(serde_json::Value::Array(items)) => items.clone(),
+                _ => Vec::new(),
             };
-            if let Some(Value::Sequence(items)) = items {
-                for item in items {
-                    collect(item, document, parsed)?;
-                }
+            for item in items {
+                collect(item, document, parsed)?;
             }
             return Ok(());
         }
