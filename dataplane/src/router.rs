@@ -57,8 +57,8 @@ pub struct Router {
 pub struct VirtualHost {
     pub host: Arc<str>,
     routes: Vec<Route>,
-    /// Hash indexes over `routes`, for hosts with more than [`SCAN_MAX`]
-    /// routes.
+    /// Hash indexes over `routes`, built once a host has [`SCAN_MAX`]
+    /// routes and another is added (kept from then on).
     #[serde(skip)]
     index: Option<Box<PathIndex>>,
 }

@@ -107,20 +107,20 @@ impl<'w> Backends<'w> {
             None => {
                 let msg = format!("service {service_label} not found");
                 self.fail(kind, referrer, Reason::ServiceNotFound, &msg, diagnostics);
-                Backend::unavailable(id.clone(), service_label, msg)
+                Backend::unavailable(id.as_str(), service_label, msg)
             }
             Some(service) => match find_service_port(service, svc) {
                 None => {
                     let msg = format!("service {service_label} has no port {port_label:?}");
                     self.fail(kind, referrer, Reason::ServicePortNotFound, &msg, diagnostics);
-                    Backend::unavailable(id.clone(), service_label, msg)
+                    Backend::unavailable(id.as_str(), service_label, msg)
                 }
                 Some(sp) => {
                     let slices = self.slices_by_service.get(&(namespace, svc.name.as_str()));
                     let mut endpoints = endpoints_for(sp, slices.map(Vec::as_slice).unwrap_or_default());
                     let policy = policy::for_service_port(self.world, namespace, &svc.name, sp.port);
                     let balance = policy.map(|p| policy::apply(p, &mut endpoints)).unwrap_or_default();
-                    Backend::with_balance(id.clone(), service_label, endpoints, balance)
+                    Backend::with_balance(id.as_str(), service_label, endpoints, balance)
                 }
             },
         };

@@ -127,6 +127,16 @@ metadata: {name: web}
     }
 
     #[test]
+    fn unquoted_numeric_keys_are_strings() {
+        // The ingress-nginx tcp-services ConfigMap is often written with
+        // bare port numbers as keys; kubectl accepts it, so do we.
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: infra}\ndata: {5432: \"db/postgres:5432\"}\n";
+        let parsed = parse(text).unwrap();
+        let [Object::ConfigMap(map)] = &parsed.objects[..] else { panic!("{:?}", parsed.objects) };
+        assert_eq!(map.data.as_ref().and_then(|d| d.get("5432")).map(String::as_str), Some("db/postgres:5432"));
+    }
+
+    #[test]
     fn errors_name_the_document_and_object() {
         let err = parse("kind: [unclosed").unwrap_err();
         assert!(matches!(err, ManifestError::Syntax { document: 1, .. }), "{err}");

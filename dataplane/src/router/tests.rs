@@ -210,7 +210,13 @@ fn large_hosts_keep_their_index_and_match_like_small_ones() {
     assert_eq!(routed(&r, "/p190"), Some(0));
     let small = mk_router(&table[..SCAN_MAX]);
     assert!(small.vhosts()[0].index.is_none(), "SCAN_MAX routes or fewer: scanned");
-    // Adding after finish() rebuilds the index the conflict check needs.
+    // Adding after finish() still finds conflicts: on a host with
+    // SCAN_MAX routes (the index is built then), and on a smaller one (by
+    // comparing routes).
     let mut r = small;
     assert!(matches!(r.add_route(None, mk_route("/p0/", Prefix, 99)), Err(RouteError::Conflict { .. })));
+    let mut r = mk_router(&table[..3]);
+    assert!(matches!(r.add_route(None, mk_route("/p0/", Prefix, 99)), Err(RouteError::Conflict { .. })));
+    assert!(matches!(r.add_route(None, mk_route("/p3/x", Exact, 99)), Err(RouteError::Conflict { .. })));
+    assert!(r.add_route(None, mk_route("/p3/x", Prefix, 99)).is_ok(), "same path, other type: no conflict");
 }
