@@ -37,9 +37,7 @@ impl ObjectKey {
             name: meta.name.clone().unwrap_or_default(),
         }
     }
-}
 
-impl ObjectKey {
     /// The [`Display`](fmt::Display) text, built without the formatting
     /// machinery (compile makes one per Ingress).
     pub fn text(&self) -> String {
