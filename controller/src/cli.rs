@@ -56,6 +56,13 @@ pub struct DataplaneArgs {
     /// Dataplane worker threads (default: number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Added to the nice value of the controller's own threads (watching,
+    /// parsing manifests, compiling snapshots). Above 0, threads serving
+    /// requests come first on a busy CPU, and on a saturated core config
+    /// changes apply that much later (at 10, about ten times). 0: the same
+    /// priority as the dataplane.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub controller_nice: u8,
     /// TCP connect timeout toward endpoints (502 when exceeded).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

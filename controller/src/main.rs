@@ -32,7 +32,14 @@ fn main() -> ExitCode {
     }
     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     .max(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+    // Serving modes run their controller on a second runtime of its own
+    // (`runtime::ControlPlane`, threads "switchyard-ctl").
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("switchyard-dp")
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("switchyard: cannot start the runtime: {err}");

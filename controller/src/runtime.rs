@@ -28,6 +28,68 @@ use tokio::sync::watch;
 
 use crate::cli::DataplaneArgs;
 
+/// The controller's own runtime, beside the dataplane's: one worker thread
+/// (plus the blocking threads that compiles move to), so that watching,
+/// parsing and compiling never occupy a thread that serves requests. Its
+/// threads start `--controller-nice` above the process's nice value (0 by
+/// default); at a lower priority the kernel lets a dataplane thread that
+/// wakes up with a request run first, and on a saturated core config
+/// changes wait longer. (Pacing during churn is `switchyard_dataplane::pace`.)
+///
+/// Dropping it stops its tasks without waiting for them.
+pub struct ControlPlane {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ControlPlane {
+    pub fn start(nice: u8) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("switchyard-ctl")
+            .on_thread_start(move || lower_priority(nice))
+            .enable_all()
+            .build()
+            .context("cannot start the controller's runtime")?;
+        Ok(Self { runtime: Some(runtime) })
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime.as_ref().expect("present until dropped").handle()
+    }
+
+    /// Frees replaced snapshots here, once the requests that held them
+    /// finish, instead of on the dataplane thread of the last one.
+    pub fn reclaim_snapshots(&self, snapshots: Arc<SnapshotHandle>) {
+        self.handle().spawn(async move { snapshots.reclaim_retired().await });
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Callable from async code, unlike dropping a runtime.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Sets the calling thread's nice value to the main thread's plus `nice`
+/// (Linux: the priority of a thread id is that thread's own; a new thread
+/// inherits its creator's, which may already be lowered). A refusal is
+/// logged, not fatal.
+fn lower_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    let main = rustix::process::getpid();
+    let tid = rustix::thread::gettid();
+    let result = rustix::process::getpriority_process(Some(main))
+        .and_then(|base| rustix::process::setpriority_process(Some(tid), (base + i32::from(nice)).min(19)));
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "cannot lower the controller thread's priority; it competes with the dataplane");
+    }
+}
+
 /// The dataplane of one process, with its listeners bound.
 pub struct Dataplane {
     pub snapshots: Arc<SnapshotHandle>,

@@ -13,6 +13,7 @@ pub mod balance;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod pace;
 pub mod passthrough;
 pub mod proxy;
 pub mod router;

@@ -403,3 +403,59 @@ async fn x_forwarded_for_is_extended_only_behind_trusted_proxies() {
     assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.1.2.3, 127.0.0.1");
     assert_eq!(h["x-real-ip"], "198.51.100.7", "rightmost untrusted hop");
 }
+
+/// (thread name, nice value) of each thread of `pid`, from /proc.
+fn thread_priorities(pid: u32) -> Vec<(String, i32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("stat")))
+        else {
+            continue; // the thread ended meanwhile
+        };
+        threads.push((comm.trim().to_string(), nice_of(&stat)));
+    }
+    threads
+}
+
+/// The nice value in a /proc stat line.
+fn nice_of(stat: &str) -> i32 {
+    // After "PID (NAME) " come the fields from the third on; nice is the 19th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[16].parse().unwrap()
+}
+
+/// Watching, parsing and compiling run on the controller's own threads,
+/// `--controller-nice` (0 by default) above the process's nice value; the
+/// threads that serve requests keep the process's own. Changes still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_threads_run_at_a_lower_priority_than_the_dataplane() {
+    // The child inherits the nice value of the thread that starts it.
+    let base = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    for (flags, added) in [(&[][..], 0), (&["--controller-nice", "10"][..], 10), (&["--controller-nice", "3"][..], 3)] {
+        let proxy = Standalone::start_with(&[("backends.yaml", &backends().await)], flags).await;
+        proxy.write(
+            "i.yaml",
+            &ingress(
+                "i",
+                &format!("  rules:\n  - host: i.test\n    http:\n      paths:\n{}", path("/", "Prefix", "api")),
+            ),
+        );
+        eventually(proxy.http, "i.test", "/", Duration::from_secs(5), |r| r.backend() == "api-1").await;
+        let threads = thread_priorities(proxy.pid());
+        let of = |name: &str| threads.iter().filter(|(n, _)| n == name).map(|(_, nice)| *nice).collect::<Vec<_>>();
+        let (control, dataplane) = (of("switchyard-ctl"), of("switchyard-dp"));
+        assert!(!control.is_empty() && !dataplane.is_empty(), "{flags:?}: threads {threads:?}");
+        let lowered = (base + added).min(19);
+        assert!(control.iter().all(|&n| n == lowered), "{flags:?}: controller threads {control:?}, want {lowered}");
+        assert!(dataplane.iter().all(|&n| n == base), "{flags:?}: dataplane threads {dataplane:?}, want {base}");
+    }
+    // Out of range: a clear error at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["standalone", "--manifests", "/nonexistent", "--controller-nice", "20"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--controller-nice"), "{stderr}");
+}

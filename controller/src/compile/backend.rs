@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::IngressServiceBackend;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use switchyard_dataplane::pace::yield_point;
 use switchyard_dataplane::{Backend, Endpoint};
 
 use super::diagnostics::{Diagnostic, Reason};
@@ -195,6 +196,7 @@ fn endpoints_for(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint>
             }
             let pod = ep.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| r.name.clone());
             for address in &ep.addresses {
+                yield_point();
                 let Ok(ip) = address.parse::<IpAddr>() else {
                     continue;
                 };

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_dataplane::Snapshot;
+use switchyard_dataplane::pace::yield_point;
 use switchyard_dataplane::router::Router;
 
 pub use class::{CLASS_ANNOTATION, ClassConfig, DEFAULT_CLASS_ANNOTATION};
@@ -46,6 +47,7 @@ pub fn compile(world: &World, classes: &ClassConfig) -> Compiled {
     ours.sort_by_key(|(key, ing)| precedence(&ing.metadata, key));
     let tls = tls::build(world, &ours, classes.default_certificate.as_ref(), &mut diagnostics);
     for (key, ing) in &ours {
+        yield_point();
         ingress::add_ingress(key, ing, &tls, &mut router, &mut backends, &mut diagnostics);
     }
     router.finish();

@@ -22,6 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use switchyard_crds::BalancerPolicy;
+use switchyard_dataplane::pace;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 
@@ -234,6 +235,7 @@ where
                         _ => received,
                     };
                     if relevant {
+                        switchyard_dataplane::pace::behind();
                         let _ = changes.send(at);
                     }
                 }
@@ -327,8 +329,16 @@ impl Debounce {
         if let Some(until) = self.quiet_until {
             tokio::time::sleep_until(until).await;
         }
+        let mut count = 1;
         while let Ok(t) = rx.try_recv() {
             earliest = earliest.min(t);
+            count += 1;
+        }
+        // Everything received so far goes into the next compile; a bulk
+        // burst is applied paced.
+        pace::caught_up();
+        if count >= pace::BULK {
+            pace::behind();
         }
         Some(earliest)
     }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use switchyard_dataplane::pace::{self, yield_point};
 use tokio::sync::mpsc;
 
 use super::manifest;
@@ -82,6 +83,9 @@ pub struct Rescan {
     pub changed: bool,
     /// Some file changed but is not settled yet: scan again shortly.
     pub unsettled: bool,
+    /// The changed files held at least [`pace::BULK`] objects (after the
+    /// first scan): the scan and what follows it were paced.
+    pub bulk: bool,
 }
 
 impl ManifestDir {
@@ -118,6 +122,8 @@ impl ManifestDir {
         let mut seen = Vec::new();
         let mut changed = false;
         let mut unsettled = false;
+        let mut loaded = 0;
+        let mut bulk = false;
         let first = !self.started;
         self.started = true;
         for entry in std::fs::read_dir(&self.dir)? {
@@ -162,6 +168,13 @@ impl ManifestDir {
                         tracing::info!(file = %path.display(), object = %ignored, "ignoring object of a kind switchyard does not read");
                     }
                     tracing::debug!(file = %path.display(), objects = parsed.objects.len(), "manifest loaded");
+                    loaded += parsed.objects.len();
+                    if loaded >= pace::BULK && !first {
+                        // A bulk change (say, a rollout's EndpointSlices):
+                        // applied paced.
+                        pace::behind();
+                        bulk = true;
+                    }
                     state.objects = parsed.objects;
                 }
                 Err(err) => {
@@ -183,7 +196,7 @@ impl ManifestDir {
         }
         // A file that appeared and vanished before settling is forgotten.
         self.unsettled.retain(|path, fp| fp.is_none() || seen.contains(path));
-        Ok(Rescan { changed, unsettled })
+        Ok(Rescan { changed, unsettled, bulk })
     }
 
     /// The world made of every file's last good objects. An object defined
@@ -212,6 +225,7 @@ impl Built {
             let shared: Arc<Path> = Arc::from(path.as_path());
             let mut ids = Vec::with_capacity(state.objects.len());
             for object in &state.objects {
+                yield_point();
                 let id = (object.kind(), object.key());
                 if let Some(first) = built.origins.get(&id) {
                     tracing::warn!(
@@ -250,11 +264,13 @@ impl Built {
             return false;
         }
         for id in old {
+            yield_point();
             self.world.remove(id.0, &id.1);
             self.origins.remove(id);
         }
         let shared: Arc<Path> = Arc::from(path);
         for (object, id) in objects.iter().zip(&new_ids) {
+            yield_point();
             self.world.insert(object.clone());
             self.origins.insert(id.clone(), shared.clone());
         }
@@ -287,6 +303,7 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
             if matches!(event.kind, EventKind::Access(_)) && !complete {
                 return;
             }
+            pace::behind();
             let _ = tx.send(event.paths.into_iter().map(|p| (p, complete)).collect());
         }
     })
@@ -306,8 +323,11 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
     let mut first = true;
     loop {
         // Reading, parsing and compiling a large directory takes
-        // milliseconds: off the worker, so that the requests it serves do
-        // not wait for it (the runtime moves them to another thread).
+        // milliseconds: off the worker, so that the runtime's other tasks
+        // do not wait for it (the runtime moves them to another thread).
+        // What changed so far goes into this scan; long loops yield the
+        // CPU to requests if more changes come meanwhile (`pace`).
+        pace::caught_up();
         let settle = tokio::task::block_in_place(|| match dir.rescan() {
             Ok(scan) => {
                 if scan.changed || first {
@@ -357,22 +377,22 @@ mod tests {
         std::fs::write(&file, SVC).unwrap();
         let mut dir = ManifestDir::new(tmp.path());
         // The first scan applies at once.
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
         assert_eq!(dir.world().0.services.len(), 1);
         // Truncated (as `cmd > file` does first): not applied on one sighting.
         std::fs::write(&file, "").unwrap();
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true, bulk: false });
         assert_eq!(dir.world().0.services.len(), 1, "a half-written file does not empty the table");
         // Fully written before the next scan: the complete version applies.
         std::fs::write(&file, format!("{SVC}---\n")).unwrap();
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true, bulk: false });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
         assert_eq!(dir.world().0.services.len(), 1);
         // Deleted: forgotten only when still gone on the next scan.
         std::fs::remove_file(&file).unwrap();
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true, bulk: false });
         assert_eq!(dir.world().0.services.len(), 1);
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
         assert!(dir.world().0.services.is_empty());
     }
 
@@ -435,17 +455,39 @@ mod tests {
         // Closed after writing: applied at once.
         std::fs::write(&file, SVC.replace("web", "api")).unwrap();
         dir.note_event(&file, true);
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
         // Written again, with a later event that is not a close: it settles first.
         std::fs::write(&file, SVC.replace("web", "other")).unwrap();
         dir.note_event(&file, true);
         dir.note_event(&file, false);
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true, bulk: false });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
         // A mark serves one scan only.
         dir.note_event(&file, true);
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: false });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: false, bulk: false });
         std::fs::write(&file, SVC.replace("web", "fourth-name")).unwrap();
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true });
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true, bulk: false });
+    }
+
+    /// A change of many objects (a rollout's EndpointSlices) is applied
+    /// paced (`pace`); a small one, and the first scan, are not.
+    #[test]
+    fn a_bulk_change_is_paced_and_a_small_one_is_not() {
+        let svc = |name: &str| {
+            format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: 80}}]}}\n")
+        };
+        let many = |prefix: &str, n: usize| (0..n).map(|i| svc(&format!("{prefix}-{i}"))).collect::<String>();
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("svc.yaml");
+        std::fs::write(&file, many("first", pace::BULK)).unwrap();
+        let mut dir = ManifestDir::new(tmp.path());
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
+        std::fs::write(&file, svc("one")).unwrap();
+        dir.note_event(&file, true);
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
+        std::fs::write(&file, many("again", pace::BULK)).unwrap();
+        dir.note_event(&file, true);
+        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: true });
+        assert_eq!(dir.world().0.services.len(), pace::BULK);
     }
 }

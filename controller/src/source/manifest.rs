@@ -29,6 +29,7 @@ pub enum ManifestError {
 pub fn parse(text: &str) -> Result<Parsed, ManifestError> {
     let mut parsed = Parsed::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        switchyard_dataplane::pace::yield_point();
         let document = i + 1;
         let value: serde_yaml::Value =
             serde::Deserialize::deserialize(doc).map_err(|source| ManifestError::Syntax { document, source })?;

@@ -16,29 +16,30 @@ use super::load::EndpointLoad;
 /// Endpoint state of type `T`, keyed by address.
 #[derive(Debug)]
 pub struct EndpointRegistry<T> {
-    entries: Mutex<HashMap<SocketAddr, Weak<T>>>,
+    entries: Mutex<HashMap<SocketAddr, Weak<T>, foldhash::fast::RandomState>>,
 }
 
 impl<T> Default for EndpointRegistry<T> {
     fn default() -> Self {
-        Self { entries: Mutex::new(HashMap::new()) }
+        Self { entries: Mutex::new(HashMap::default()) }
     }
 }
 
 impl<T> EndpointRegistry<T> {
     /// The state of `endpoints`, in the same order, reusing the live entry
     /// of every endpoint already known and calling `fresh` for the others.
-    /// Call once per snapshot build.
+    /// Call once per backend of a snapshot build (and [`sweep`](Self::sweep)
+    /// once per build).
     pub fn resolve_with(
         &self,
         endpoints: impl IntoIterator<Item = SocketAddr>,
         mut fresh: impl FnMut(SocketAddr) -> T,
     ) -> Box<[Arc<T>]> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|_, e| e.strong_count() > 0);
         endpoints
             .into_iter()
             .map(|addr| {
+                crate::pace::yield_point();
                 if let Some(live) = entries.get(&addr).and_then(Weak::upgrade) {
                     return live;
                 }
@@ -47,6 +48,13 @@ impl<T> EndpointRegistry<T> {
                 new
             })
             .collect()
+    }
+
+    /// Forgets the entries nothing holds any more. Once per snapshot build:
+    /// per backend, a build of many backends would scan every entry again
+    /// for each.
+    pub fn sweep(&self) {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, e| e.strong_count() > 0);
     }
 
     /// Endpoints with a live entry.

@@ -68,6 +68,10 @@ impl Default for ActiveCheck {
 pub struct Prober {
     metrics: Arc<Metrics>,
     loops: Mutex<HashMap<(SocketAddr, ActiveCheck), ProbeLoop>>,
+    /// Where probe loops run: the runtime current when the prober was made
+    /// (the dataplane's), not the one `reconcile` is called from (the
+    /// controller's, whose threads run at a lower priority).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Debug)]
@@ -77,13 +81,15 @@ struct ProbeLoop {
 }
 
 impl Prober {
+    /// Probe loops will run on the runtime current now, if any (else on
+    /// the one current at `reconcile`).
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics, loops: Mutex::new(HashMap::new()) }
+        Self { metrics, loops: Mutex::new(HashMap::new()), runtime: tokio::runtime::Handle::try_current().ok() }
     }
 
     /// Starts probes for endpoints of `snapshot` whose backend has an
     /// active check and stops the others. Call after each publish, from
-    /// inside the runtime.
+    /// inside a runtime (unless the prober was made in one).
     pub fn reconcile(&self, snapshot: &Snapshot) {
         let mut wanted = HashMap::new();
         for backend in &snapshot.backends {
@@ -113,7 +119,11 @@ impl Prober {
                 continue;
             }
             let weak = Arc::downgrade(&health);
-            let task = tokio::spawn(probe_loop(weak.clone(), key.1.clone(), service, self.metrics.clone()));
+            let probes = probe_loop(weak.clone(), key.1.clone(), service, self.metrics.clone());
+            let task = match &self.runtime {
+                Some(runtime) => runtime.spawn(probes),
+                None => tokio::spawn(probes),
+            };
             loops.insert(key, ProbeLoop { task, health: weak });
         }
     }

@@ -165,6 +165,12 @@ impl HealthRegistry {
         self.started.store(true, Ordering::Relaxed);
     }
 
+    /// Forgets endpoints no snapshot lists and nothing else holds; once per
+    /// snapshot build.
+    pub fn sweep(&self) {
+        self.entries.sweep();
+    }
+
     /// The health of `endpoints`, in order, reusing live entries.
     pub fn resolve(&self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Box<[Arc<EndpointHealth>]> {
         let joining = self.started.load(Ordering::Relaxed);
