@@ -5,7 +5,7 @@
 //! dropped; a lone change compiles at once, bursts are coalesced. Every replica serves
 //! traffic; the Lease holder alone writes status and Events. The watches,
 //! compiles, election and status writes run on the controller's own runtime
-//! (lower priority threads, [`ControlPlane`]); the dataplane keeps its own.
+//! ([`ControlPlane`]); the dataplane keeps its own.
 
 use std::path::PathBuf;
 use std::sync::Arc;
