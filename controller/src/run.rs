@@ -98,8 +98,8 @@ async fn controller(
         stores.wait_synced().await;
         tracing::info!(after = ?started.elapsed(), "initial sync complete");
         // Everything received before the first sync is in the first snapshot.
-        while changes.try_recv().is_ok() {}
         switchyard_dataplane::pace::caught_up();
+        while changes.try_recv().is_ok() {}
         let mut received = None;
         loop {
             let world = stores.world().await;

@@ -60,7 +60,7 @@ impl ControlPlane {
     /// Frees replaced snapshots here, once the requests that held them
     /// finish, instead of on the dataplane thread of the last one.
     pub fn reclaim_snapshots(&self, snapshots: Arc<SnapshotHandle>) {
-        self.handle().spawn(async move { snapshots.reclaim_retired().await });
+        self.handle().spawn(snapshots.reclaim_retired());
     }
 }
 

@@ -72,7 +72,7 @@ pub struct World {
 }
 
 /// One object of a kind compile reads (shared: cloning is cheap).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Ingress(Arc<Ingress>),
     IngressClass(Arc<IngressClass>),

@@ -29,6 +29,7 @@ pub(crate) const TOKEN_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$";
     group = "switchyard.dev",
     version = "v1alpha1",
     kind = "BalancerPolicy",
+    derive = "PartialEq",
     namespaced,
     shortname = "bp",
     category = "switchyard",

@@ -430,7 +430,8 @@ fn addr_text(addr: SocketAddr) -> String {
 }
 
 /// Drops `snapshot` a few hundred endpoints at a time, with
-/// [`yield_point`](crate::pace::yield_point)s between.
+/// [`yield_point`](crate::pace::yield_point)s between (the router and the
+/// rest of each backend go at once).
 fn free_paced(mut snapshot: Snapshot) {
     for backend in std::mem::take(&mut snapshot.backends) {
         let mut endpoints = backend.endpoints.into_vec();
@@ -535,12 +536,19 @@ impl SnapshotHandle {
 
     /// Runs [`reclaim`](Self::reclaim) while replaced snapshots are still
     /// held (every 10 ms, backing off to every second). Spawn it where a
-    /// few milliseconds of freeing do not delay requests.
-    pub async fn reclaim_retired(&self) {
+    /// few milliseconds of freeing do not delay requests (the controller's
+    /// runtime); the freeing itself runs on a blocking thread, so that the
+    /// runtime's other tasks go on meanwhile.
+    pub async fn reclaim_retired(self: Arc<Self>) {
         loop {
             self.retiring.notified().await;
             let mut pause = std::time::Duration::from_millis(10);
-            while self.reclaim() > 0 {
+            loop {
+                let this = self.clone();
+                let held = tokio::task::spawn_blocking(move || this.reclaim()).await.unwrap_or(0);
+                if held == 0 {
+                    break;
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(1));
             }
@@ -609,16 +617,13 @@ mod tests {
     async fn the_reclaim_loop_frees_a_snapshot_once_its_requests_finish() {
         let handle = Arc::new(SnapshotHandle::default());
         handle.publish(one_backend());
-        let reclaimer = tokio::spawn({
-            let handle = handle.clone();
-            async move { handle.reclaim_retired().await }
-        });
+        let reclaimer = tokio::spawn(handle.clone().reclaim_retired());
         let request = handle.load();
         let watch = Arc::downgrade(&request);
         handle.publish(one_backend());
-        // Held for a while: kept meanwhile.
+        // Held for a while: still retired, not freed.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert!(watch.upgrade().is_some());
+        assert_eq!(handle.reclaim(), 1, "still held by the request");
         drop(request);
         // Freed within the loop's longest pause (1 s), with room for a slow machine.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -329,14 +329,15 @@ impl Debounce {
         if let Some(until) = self.quiet_until {
             tokio::time::sleep_until(until).await;
         }
+        // Everything received from here on goes into the next compile; a
+        // change that arrives after the drain marks it behind again.
+        pace::caught_up();
         let mut count = 1;
         while let Ok(t) = rx.try_recv() {
             earliest = earliest.min(t);
             count += 1;
         }
-        // Everything received so far goes into the next compile; a bulk
-        // burst is applied paced.
-        pace::caught_up();
+        // A bulk burst is applied paced.
         if count >= pace::BULK {
             pace::behind();
         }
@@ -469,6 +470,7 @@ mod tests {
     /// (the window is a minute: waiting for it would fail the test).
     #[tokio::test]
     async fn a_lone_change_compiles_without_waiting_for_the_window() {
+        let _flag = crate::source::PACE_FLAG.lock().await;
         for mut debounce in [Debounce::new(Duration::from_secs(60)), idle(Duration::from_secs(60))] {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let at = Instant::now();
@@ -482,6 +484,7 @@ mod tests {
     /// it, and are compiled together, with the earliest receipt time.
     #[tokio::test]
     async fn changes_after_a_compile_wait_out_the_window_and_coalesce() {
+        let _flag = crate::source::PACE_FLAG.lock().await;
         let window = Duration::from_millis(300);
         let mut debounce = idle(window);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -505,6 +508,7 @@ mod tests {
     /// apart (end to start): never more than one per window.
     #[tokio::test]
     async fn sustained_changes_compile_at_most_once_per_window() {
+        let _flag = crate::source::PACE_FLAG.lock().await;
         let window = Duration::from_millis(50);
         let compile = Duration::from_millis(5);
         let mut debounce = Debounce::new(window);
@@ -531,6 +535,23 @@ mod tests {
         }
         producer.await.unwrap();
         assert!(compiles >= 2, "the stream was compiled in several bursts ({compiles})");
+    }
+
+    /// A burst of at least `pace::BULK` changes is compiled paced; a
+    /// smaller one clears what an earlier burst set.
+    #[tokio::test]
+    async fn a_bulk_burst_is_paced_and_a_small_one_is_not() {
+        let _flag = crate::source::PACE_FLAG.lock().await;
+        let mut debounce = Debounce::new(Duration::from_millis(1));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for _ in 0..pace::BULK {
+            tx.send(Instant::now()).unwrap();
+        }
+        debounce.next_burst(&mut rx).await.unwrap();
+        assert!(pace::is_behind(), "a bulk burst is paced");
+        tx.send(Instant::now()).unwrap();
+        debounce.next_burst(&mut rx).await.unwrap();
+        assert!(!pace::is_behind(), "a lone change is not");
     }
 
     #[tokio::test]

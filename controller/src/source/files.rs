@@ -83,8 +83,8 @@ pub struct Rescan {
     pub changed: bool,
     /// Some file changed but is not settled yet: scan again shortly.
     pub unsettled: bool,
-    /// The changed files held at least [`pace::BULK`] objects (after the
-    /// first scan): the scan and what follows it were paced.
+    /// At least [`pace::BULK`] objects changed (after the first scan): the
+    /// rest of the scan, and the compile that follows, are paced.
     pub bulk: bool,
 }
 
@@ -122,10 +122,19 @@ impl ManifestDir {
         let mut seen = Vec::new();
         let mut changed = false;
         let mut unsettled = false;
-        let mut loaded = 0;
-        let mut bulk = false;
         let first = !self.started;
         self.started = true;
+        // Objects added, changed or removed by this scan.
+        let mut objects_changed = 0;
+        let mut bulk = false;
+        let mut count_changes = |n: usize| {
+            objects_changed += n;
+            if objects_changed >= pace::BULK && !first && !bulk {
+                // A bulk change (say, a rollout's EndpointSlices): paced.
+                pace::behind();
+                bulk = true;
+            }
+        };
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let path = entry.path();
@@ -168,13 +177,10 @@ impl ManifestDir {
                         tracing::info!(file = %path.display(), object = %ignored, "ignoring object of a kind switchyard does not read");
                     }
                     tracing::debug!(file = %path.display(), objects = parsed.objects.len(), "manifest loaded");
-                    loaded += parsed.objects.len();
-                    if loaded >= pace::BULK && !first {
-                        // A bulk change (say, a rollout's EndpointSlices):
-                        // applied paced.
-                        pace::behind();
-                        bulk = true;
-                    }
+                    // By position: an edit of one object in a large file
+                    // is a small change.
+                    let same = parsed.objects.iter().zip(&state.objects).filter(|(new, old)| new == old).count();
+                    count_changes(parsed.objects.len().max(state.objects.len()) - same);
                     state.objects = parsed.objects;
                 }
                 Err(err) => {
@@ -186,7 +192,9 @@ impl ManifestDir {
         for path in gone {
             if self.unsettled.get(&path) == Some(&None) {
                 self.unsettled.remove(&path);
-                self.files.remove(&path);
+                if let Some(state) = self.files.remove(&path) {
+                    count_changes(state.objects.len());
+                }
                 self.dirty.insert(path);
                 changed = true;
             } else {
@@ -469,25 +477,34 @@ mod tests {
         assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true, bulk: false });
     }
 
-    /// A change of many objects (a rollout's EndpointSlices) is applied
-    /// paced (`pace`); a small one, and the first scan, are not.
+    /// A change of many objects (a rollout's EndpointSlices, a large file
+    /// replaced or deleted) is applied paced (`pace`); a small one (one
+    /// object edited, even in a large file) and the first scan are not.
     #[test]
     fn a_bulk_change_is_paced_and_a_small_one_is_not() {
+        let _flag = crate::source::PACE_FLAG.blocking_lock();
         let svc = |name: &str| {
             format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: 80}}]}}\n")
         };
         let many = |prefix: &str, n: usize| (0..n).map(|i| svc(&format!("{prefix}-{i}"))).collect::<String>();
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("svc.yaml");
-        std::fs::write(&file, many("first", pace::BULK)).unwrap();
         let mut dir = ManifestDir::new(tmp.path());
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
-        std::fs::write(&file, svc("one")).unwrap();
-        dir.note_event(&file, true);
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: false });
-        std::fs::write(&file, many("again", pace::BULK)).unwrap();
-        dir.note_event(&file, true);
-        assert_eq!(dir.rescan().unwrap(), Rescan { changed: true, unsettled: false, bulk: true });
-        assert_eq!(dir.world().0.services.len(), pace::BULK);
+        let mut scan = |text: String| {
+            std::fs::write(&file, text).unwrap();
+            dir.note_event(&file, true);
+            pace::caught_up();
+            let scan = dir.rescan().unwrap();
+            assert_eq!(scan.bulk, pace::is_behind());
+            (scan.changed, scan.bulk)
+        };
+        assert_eq!(scan(many("first", pace::BULK)), (true, false), "the first scan is not paced");
+        let mut edited = many("first", pace::BULK);
+        edited.push_str(&svc("one-more"));
+        assert_eq!(scan(edited), (true, false), "one object more in a large file is a small change");
+        assert_eq!(scan(many("again", pace::BULK)), (true, true), "every object replaced");
+        assert_eq!(scan(svc("one")), (true, true), "all but one removed");
+        assert_eq!(scan(svc("two")), (true, false));
+        assert_eq!(dir.world().0.services.len(), 1);
     }
 }

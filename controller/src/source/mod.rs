@@ -5,3 +5,8 @@ pub mod cluster;
 pub mod files;
 pub mod manifest;
 pub mod relevant;
+
+/// Tests that set, clear or read the process-wide pacing flag
+/// (`switchyard_dataplane::pace`) hold this, so that they do not race.
+#[cfg(test)]
+pub(crate) static PACE_FLAG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
