@@ -522,8 +522,7 @@ impl SnapshotHandle {
         let (unused, held): (Vec<_>, usize) = {
             let mut retired = self.lock_retired();
             // Only `current` hands out snapshots, so a count of one stays one.
-            let (unused, held) = std::mem::take(&mut *retired).into_iter().partition(|s| Arc::strong_count(s) == 1);
-            *retired = held;
+            let unused = retired.extract_if(.., |s| Arc::strong_count(s) == 1).collect();
             (unused, retired.len())
         };
         for snapshot in unused {

@@ -235,7 +235,7 @@ where
                         _ => received,
                     };
                     if relevant {
-                        switchyard_dataplane::pace::behind();
+                        pace::behind();
                         let _ = changes.send(at);
                     }
                 }
