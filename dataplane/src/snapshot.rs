@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::balance::{Algorithm, EndpointLoad, LoadRegistry, Selector, WeightedEndpoint};
 use crate::health::active::ActiveCheck;
-use crate::health::{EndpointHealth, HealthRegistry, PassiveConfig};
+use crate::health::{AvailabilitySummary, EndpointHealth, HealthRegistry, PassiveConfig};
 use crate::router::Router;
 
 /// Everything one request needs to be routed and balanced.
@@ -183,6 +183,9 @@ pub struct Backend {
     /// Health, one per endpoint, attached at publish from the dataplane's
     /// registry (it outlives snapshots).
     pub(crate) health: Box<[Arc<EndpointHealth>]>,
+    /// Whether all of `health` is available, kept between requests.
+    #[serde(skip)]
+    availability: AvailabilitySummary,
 }
 
 /// The balancing part of a backend, as compiled from a BalancerPolicy.
@@ -293,6 +296,7 @@ impl Backend {
             rng: crate::balance::rng::SplitMix64::from_entropy(),
             loads: Box::default(),
             health: Box::default(),
+            availability: AvailabilitySummary::default(),
         }
     }
 
@@ -337,7 +341,7 @@ impl Backend {
                 && self.health.get(i).is_none_or(|h| h.is_available())
         };
         let all_eligible =
-            exclude.is_empty() && also.is_none() && !self.any_draining && self.health.iter().all(|h| h.is_available());
+            exclude.is_empty() && also.is_none() && !self.any_draining && self.availability.all_available(&self.health);
         let available = if all_eligible { Availability::All } else { Availability::Predicate(&eligible) };
         let ctx = PickContext { hash_key, loads: &self.loads, available };
         self.selector.pick(&ctx).filter(|&i| eligible(i))
@@ -500,6 +504,7 @@ impl SnapshotHandle {
             crate::pace::yield_point();
             backend.loads = self.loads.resolve(backend.endpoints.iter().map(|e| e.addr));
             backend.health = self.health.resolve(backend.endpoints.iter().map(|e| e.addr));
+            backend.availability = AvailabilitySummary::default();
         }
         self.health.mark_started();
         let old = self.current.swap(Arc::new(snapshot));

@@ -13,4 +13,4 @@
 pub mod active;
 mod state;
 
-pub use state::{EndpointHealth, HealthRegistry, PassiveConfig};
+pub use state::{AvailabilitySummary, EndpointHealth, HealthRegistry, PassiveConfig};

@@ -17,6 +17,73 @@ fn now_ms() -> u64 {
     u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Bumped whenever an endpoint may have become unavailable, or available
+/// again, by an event (the active check's verdict changed, a passive
+/// ejection began). An ejection that ends by time does not bump it; an
+/// [`AvailabilitySummary`] rechecks at the deadline instead. Starts at 1:
+/// a summary tag of 0 means "never computed".
+static CHANGES: AtomicU64 = AtomicU64::new(1);
+
+fn changed() {
+    CHANGES.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Whether all of a backend's endpoints take new requests, remembered
+/// between requests, so that a pick does not read the health of every
+/// endpoint (10,000 of them for a large Service) to learn that they all
+/// do. Recomputed after any health event anywhere in the process, and, when
+/// some endpoint was passively ejected, once its ejection ends.
+#[derive(Debug, Default)]
+pub struct AvailabilitySummary {
+    /// `changes << 1 | all_available`, as of the [`CHANGES`] value read
+    /// before the last scan; 0 until the first.
+    tag: AtomicU64,
+    /// When not all were available only because of ejections: the
+    /// earliest ejection deadline (ms since [`EPOCH`]), after which the
+    /// answer may have changed. `u64::MAX` when only an event can change it.
+    recheck_at: AtomicU64,
+}
+
+impl AvailabilitySummary {
+    /// Are all of `health` available? `health` must be the same endpoints
+    /// every time for one summary (a backend's, attached once).
+    pub fn all_available(&self, health: &[Arc<EndpointHealth>]) -> bool {
+        if health.is_empty() {
+            return true;
+        }
+        let changes = CHANGES.load(Ordering::Acquire);
+        let tag = self.tag.load(Ordering::Acquire);
+        if tag >> 1 == changes {
+            if tag & 1 == 1 {
+                return true;
+            }
+            if now_ms() < self.recheck_at.load(Ordering::Relaxed) {
+                return false;
+            }
+        }
+        // Scan. An event during the scan bumps CHANGES past `changes`, so
+        // the tag stored below is stale at once and the next call scans
+        // again: a summary never says "all" for longer than it was true.
+        let now = now_ms();
+        let mut all = true;
+        let mut recheck_at = u64::MAX;
+        for h in health {
+            if !h.active_ok.load(Ordering::Relaxed) {
+                all = false;
+                continue;
+            }
+            let until = h.ejected_until.load(Ordering::Relaxed);
+            if until != 0 && until > now {
+                all = false;
+                recheck_at = recheck_at.min(until);
+            }
+        }
+        self.recheck_at.store(recheck_at, Ordering::Relaxed);
+        self.tag.store(changes << 1 | u64::from(all), Ordering::Release);
+        all
+    }
+}
+
 /// Passive outlier detection settings (BalancerPolicy
 /// `healthCheck.passive`), with the defaults used without a policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -118,8 +185,11 @@ impl EndpointHealth {
     /// Recovery starts a slow start.
     pub fn set_active(&self, ok: bool) -> bool {
         let changed = self.active_ok.swap(ok, Ordering::Relaxed) != ok;
-        if changed && ok {
-            self.mark_joined();
+        if changed {
+            if ok {
+                self.mark_joined();
+            }
+            self::changed();
         }
         changed
     }
@@ -145,6 +215,7 @@ impl EndpointHealth {
         let until = now_ms() + u64::try_from(time.as_millis()).unwrap_or(u64::MAX / 2);
         self.ejected_until.store(until.max(1), Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
+        changed();
         Some(time)
     }
 }
@@ -206,6 +277,31 @@ mod tests {
             assert_eq!(h.record_failure(&cfg, true), None);
         }
         assert_eq!(h.record_failure(&cfg, true), Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn availability_summary_follows_events_and_ejection_deadlines() {
+        let health: Vec<_> =
+            (1..=3).map(|i| Arc::new(EndpointHealth::new(SocketAddr::from(([10, 0, 0, i], 80))))).collect();
+        let summary = AvailabilitySummary::default();
+        assert!(summary.all_available(&health));
+        assert!(summary.all_available(&health), "remembered");
+        health[1].set_active(false);
+        assert!(!summary.all_available(&health), "an active-check failure is seen at once");
+        health[1].set_active(true);
+        assert!(summary.all_available(&health), "so is the recovery");
+
+        let cfg = PassiveConfig {
+            consecutive_failures: 1,
+            ejection_time: Duration::from_millis(60),
+            max_ejection_percent: 100,
+        };
+        assert!(health[2].record_failure(&cfg, true).is_some());
+        assert!(!summary.all_available(&health), "an ejection is seen at once");
+        assert!(!summary.all_available(&health));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(summary.all_available(&health), "the ejection ended by time");
+        assert!(AvailabilitySummary::default().all_available(&[]));
     }
 
     #[test]
