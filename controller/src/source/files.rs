@@ -138,8 +138,7 @@ impl ManifestDir {
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let path = entry.path();
-            let is_manifest =
-                path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            let is_manifest = is_manifest(&path);
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
@@ -291,6 +290,11 @@ impl Built {
     }
 }
 
+/// Whether the directory's file at `path` is read as a manifest.
+fn is_manifest(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+}
+
 /// Watches `dir` and calls `on_change` with the new world after each
 /// change (and once at start). Runs until the task is dropped. Needs the
 /// multi-thread runtime (scans run in `block_in_place`).
@@ -311,7 +315,11 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
             if matches!(event.kind, EventKind::Access(_)) && !complete {
                 return;
             }
-            pace::behind();
+            // A writer's temporary file (renamed into place later) is no
+            // change yet: only manifests put the apply in progress behind.
+            if event.paths.iter().any(|p| is_manifest(p)) {
+                pace::behind();
+            }
             let _ = tx.send(event.paths.into_iter().map(|p| (p, complete)).collect());
         }
     })
@@ -480,6 +488,16 @@ mod tests {
     /// A change of many objects (a rollout's EndpointSlices, a large file
     /// replaced or deleted) is applied paced (`pace`); a small one (one
     /// object edited, even in a large file) and the first scan are not.
+    #[test]
+    fn temporary_files_are_not_manifests() {
+        for name in ["a.yaml", "b.yml", "c.json", "dir/d.yaml"] {
+            assert!(is_manifest(Path::new(name)), "{name}");
+        }
+        for name in ["a.yaml.tmp", ".tmp", "slices-001.yaml.swp", "README", "e.yaml~"] {
+            assert!(!is_manifest(Path::new(name)), "{name}");
+        }
+    }
+
     #[test]
     fn a_bulk_change_is_paced_and_a_small_one_is_not() {
         let _flag = crate::source::PACE_FLAG.blocking_lock();
