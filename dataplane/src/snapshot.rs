@@ -367,9 +367,13 @@ impl Backend {
             health.record_success();
             return None;
         }
-        let ejected = self.health.iter().filter(|h| h.is_ejected()).count();
-        let budget = self.health.len() * self.balance.passive.max_ejection_percent as usize / 100;
-        health.record_failure(&self.balance.passive, ejected < budget)
+        // Counting the ejected endpoints reads every endpoint: only when
+        // this failure would eject one, not on every failed attempt.
+        let within_budget = || {
+            let budget = self.health.len() * self.balance.passive.max_ejection_percent as usize / 100;
+            self.health.iter().filter(|h| h.is_ejected()).count() < budget
+        };
+        health.record_failure(&self.balance.passive, within_budget)
     }
 
     /// The in-flight counter of endpoint `i` (attached at publish).

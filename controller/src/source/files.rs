@@ -316,8 +316,11 @@ pub async fn watch(mut dir: ManifestDir, mut on_change: impl FnMut(&World, &Orig
                 return;
             }
             // A writer's temporary file (renamed into place later) is no
-            // change yet: only manifests put the apply in progress behind.
-            if event.paths.iter().any(|p| is_manifest(p)) {
+            // change yet: only manifests put the apply in progress behind,
+            // and so do a lost-events rescan and the `..data` symlink swap
+            // of a mounted ConfigMap or Secret.
+            let swap = |p: &PathBuf| p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".."));
+            if event.need_rescan() || event.paths.is_empty() || event.paths.iter().any(|p| is_manifest(p) || swap(p)) {
                 pace::behind();
             }
             let _ = tx.send(event.paths.into_iter().map(|p| (p, complete)).collect());
@@ -485,9 +488,6 @@ mod tests {
         assert_eq!(dir.rescan().unwrap(), Rescan { changed: false, unsettled: true, bulk: false });
     }
 
-    /// A change of many objects (a rollout's EndpointSlices, a large file
-    /// replaced or deleted) is applied paced (`pace`); a small one (one
-    /// object edited, even in a large file) and the first scan are not.
     #[test]
     fn temporary_files_are_not_manifests() {
         for name in ["a.yaml", "b.yml", "c.json", "dir/d.yaml"] {
@@ -498,6 +498,9 @@ mod tests {
         }
     }
 
+    /// A change of many objects (a rollout's EndpointSlices, a large file
+    /// replaced or deleted) is applied paced (`pace`); a small one (one
+    /// object edited, even in a large file) and the first scan are not.
     #[test]
     fn a_bulk_change_is_paced_and_a_small_one_is_not() {
         let _flag = crate::source::PACE_FLAG.blocking_lock();

@@ -42,6 +42,9 @@ pub struct AvailabilitySummary {
     /// earliest ejection deadline (ms since [`EPOCH`]), after which the
     /// answer may have changed. `u64::MAX` when only an event can change it.
     recheck_at: AtomicU64,
+    /// One scan at a time: the pair above is written only by its holder,
+    /// and concurrent picks do not all read every endpoint.
+    scanning: AtomicBool,
 }
 
 impl AvailabilitySummary {
@@ -64,6 +67,11 @@ impl AvailabilitySummary {
         // Scan. An event during the scan bumps CHANGES past `changes`, so
         // the tag stored below is stale at once and the next call scans
         // again: a summary never says "all" for longer than it was true.
+        // While another thread scans, "not all" sends this pick to the
+        // per-endpoint check, which is always correct.
+        if self.scanning.swap(true, Ordering::Acquire) {
+            return false;
+        }
         let now = now_ms();
         let mut all = true;
         let mut recheck_at = u64::MAX;
@@ -80,6 +88,7 @@ impl AvailabilitySummary {
         }
         self.recheck_at.store(recheck_at, Ordering::Relaxed);
         self.tag.store(changes << 1 | u64::from(all), Ordering::Release);
+        self.scanning.store(false, Ordering::Release);
         all
     }
 }
@@ -204,10 +213,11 @@ impl EndpointHealth {
 
     /// A request failed (connect error, reset, 502/503/504). Returns the
     /// ejection time when this failure ejects the endpoint; `may_eject`
-    /// says whether the backend's ejection budget allows it.
-    pub fn record_failure(&self, config: &PassiveConfig, may_eject: bool) -> Option<Duration> {
+    /// says whether the backend's ejection budget allows it (asked only
+    /// when the streak reaches the threshold: it may read every endpoint).
+    pub fn record_failure(&self, config: &PassiveConfig, may_eject: impl FnOnce() -> bool) -> Option<Duration> {
         let streak = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if streak < config.consecutive_failures.max(1) || self.is_ejected() || !may_eject {
+        if streak < config.consecutive_failures.max(1) || self.is_ejected() || !may_eject() {
             return None;
         }
         let repeat = self.ejections.fetch_add(1, Ordering::Relaxed).min(10);
@@ -264,19 +274,19 @@ mod tests {
         let h = EndpointHealth::new("10.0.0.1:80".parse().unwrap());
         let cfg =
             PassiveConfig { consecutive_failures: 3, ejection_time: Duration::from_secs(10), max_ejection_percent: 50 };
-        assert_eq!(h.record_failure(&cfg, true), None);
+        assert_eq!(h.record_failure(&cfg, || true), None);
         h.record_success();
-        assert_eq!(h.record_failure(&cfg, true), None);
-        assert_eq!(h.record_failure(&cfg, true), None);
-        assert_eq!(h.record_failure(&cfg, true), Some(Duration::from_secs(10)));
+        assert_eq!(h.record_failure(&cfg, || true), None);
+        assert_eq!(h.record_failure(&cfg, || true), None);
+        assert_eq!(h.record_failure(&cfg, || true), Some(Duration::from_secs(10)));
         assert!(h.is_ejected() && !h.is_available());
         // Expire it by hand, then a repeat ejection doubles.
         h.ejected_until.store(0, Ordering::Relaxed);
         assert!(h.is_available());
         for _ in 0..2 {
-            assert_eq!(h.record_failure(&cfg, true), None);
+            assert_eq!(h.record_failure(&cfg, || true), None);
         }
-        assert_eq!(h.record_failure(&cfg, true), Some(Duration::from_secs(20)));
+        assert_eq!(h.record_failure(&cfg, || true), Some(Duration::from_secs(20)));
     }
 
     #[test]
@@ -293,13 +303,18 @@ mod tests {
 
         let cfg = PassiveConfig {
             consecutive_failures: 1,
-            ejection_time: Duration::from_millis(60),
+            ejection_time: Duration::from_secs(30),
             max_ejection_percent: 100,
         };
-        assert!(health[2].record_failure(&cfg, true).is_some());
+        assert!(health[2].record_failure(&cfg, || true).is_some());
         assert!(!summary.all_available(&health), "an ejection is seen at once");
         assert!(!summary.all_available(&health));
-        std::thread::sleep(Duration::from_millis(120));
+        assert!(summary.recheck_at.load(Ordering::Relaxed) > now_ms(), "rechecked when the ejection ends");
+        // The clock reaching the deadline, without waiting for it: the
+        // ejection is over, and so is the summary's recheck time.
+        health[2].ejected_until.store(now_ms(), Ordering::Relaxed);
+        assert!(!summary.all_available(&health), "no event: the summary waits for its deadline");
+        summary.recheck_at.store(now_ms(), Ordering::Relaxed);
         assert!(summary.all_available(&health), "the ejection ended by time");
         assert!(AvailabilitySummary::default().all_available(&[]));
     }
@@ -308,7 +323,7 @@ mod tests {
     fn the_budget_can_forbid_ejection() {
         let h = EndpointHealth::new("10.0.0.1:80".parse().unwrap());
         let cfg = PassiveConfig { consecutive_failures: 1, ..PassiveConfig::default() };
-        assert_eq!(h.record_failure(&cfg, false), None);
+        assert_eq!(h.record_failure(&cfg, || false), None);
         assert!(h.is_available());
     }
 
