@@ -233,6 +233,7 @@ async fn serve(
         drain: drain.clone(),
         truncated: proxy.metrics().upstream_errors.with_label_values(&["truncated"]),
         local_port: local.map_or(0, |a| a.port()),
+        fast_h1: proxy.fast_h1_enabled(),
         tls,
         relays: relays.clone(),
     });
@@ -382,6 +383,8 @@ struct Connections {
     local_port: u16,
     tls: Option<TlsTermination>,
     relays: Arc<Relays>,
+    /// Cleartext HTTP/1 requests may take the proxy's fast path.
+    fast_h1: bool,
 }
 
 impl Connections {

@@ -167,6 +167,12 @@ impl<S> AuditedIo<S> {
     pub fn pending_input(&self) -> &[u8] {
         &self.replay
     }
+
+    /// Drops the first `n` bytes of the pending input (a head the fast
+    /// path took).
+    pub fn consume_input(&mut self, n: usize) {
+        self.replay.advance(n.min(self.replay.len()));
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {

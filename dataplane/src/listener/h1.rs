@@ -35,7 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::conn_io::{AuditedIo, PlainSocket};
 use super::{ConnService, Connections};
-use crate::proxy::ConnState;
+use crate::proxy::{After, ConnState};
 
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -56,9 +56,12 @@ pub(super) async fn serve<S>(
 {
     let peer = service.conn_info.peer;
     let mut first = true;
+    // The last request was served on the fast path: an idle spell now is
+    // counted as a release (there is nothing to free).
+    let mut served_fast = false;
     loop {
         // Parked: only the socket, its audit and its timers are held.
-        if !io.has_replay() && !next_input(&mut io, &conns.closed).await {
+        if !io.has_replay() && !next_input(&mut io, &conns, served_fast.then_some(&*state)).await {
             break;
         }
         if first && may_be_h2(io.pending_input()) {
@@ -67,6 +70,14 @@ pub(super) async fn serve<S>(
             return;
         }
         first = false;
+        match serve_fast(&conns, &mut io, &service, &state).await {
+            Some(After::KeepAlive) => {
+                served_fast = true;
+                continue;
+            }
+            Some(After::Close) => break,
+            None => served_fast = false,
+        }
         state.end_park();
         let mut conn = Box::new(conns.h1.serve_connection(TokioIo::new(io), service).with_upgrades());
         match drive(&mut conn, &state, &conns.closed).await {
@@ -126,18 +137,61 @@ where
     .await
 }
 
+/// Serves the request at the start of the connection's input on the fast
+/// path (see `crate::proxy::fast_h1`), if it takes it: `None` leaves the
+/// input untouched for hyper.
+async fn serve_fast<S>(
+    conns: &Connections,
+    io: &mut AuditedIo<S>,
+    service: &ConnService,
+    state: &Arc<ConnState>,
+) -> Option<After>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // A head the audit refused is answered by hyper's path.
+    if !conns.fast_h1 || state.rejection().is_some() {
+        return None;
+    }
+    let taken = service.proxy.take_fast_h1(io.pending_input(), service.conn_info, conns.config.max_headers)?;
+    io.consume_input(taken.head_len);
+    let guard = state.start_request();
+    let closing = service.drain.is_closing_keep_alive();
+    // Boxed: the connection's future, which every idle connection holds,
+    // stays small.
+    let after = Box::pin(service.proxy.forward_fast_h1(taken, io, closing)).await;
+    drop(guard);
+    state.served_without_hyper();
+    Some(after)
+}
+
 /// Waits for the socket's next bytes and reads them (kept in `io` for
 /// hyper), or `false` to close (end of stream, an error, the idle deadline
-/// or the drain).
-async fn next_input<S: PlainSocket + AsyncRead + Unpin>(io: &mut AuditedIo<S>, closed: &watch::Receiver<bool>) -> bool {
-    let mut closed = closed.clone();
+/// or the drain). With `fast`, the state of a connection whose last
+/// request took the fast path: its idle spell past the release delay is
+/// counted in `switchyard_connections_released_total`, as hyper's
+/// connections are when they release their buffers.
+async fn next_input<S: PlainSocket + AsyncRead + Unpin>(
+    io: &mut AuditedIo<S>,
+    conns: &Connections,
+    fast: Option<&ConnState>,
+) -> bool {
+    let mut closed = conns.closed.clone();
     let stop = closed.wait_for(|closed| *closed);
     tokio::pin!(stop);
+    let mut counted = false;
     std::future::poll_fn(|cx| {
         // Input first: a connection the drain takes from the accept queue
         // has usually sent its request already, and is served.
         if let Poll::Ready(input) = io.poll_parked(cx) {
             return Poll::Ready(input);
+        }
+        if let Some(state) = fast
+            && !counted
+            && state.park_wanted()
+        {
+            counted = true;
+            conns.proxy.metrics().connections_released.inc();
         }
         stop.as_mut().poll(cx).map(|_| false)
     })

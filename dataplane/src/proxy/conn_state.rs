@@ -78,6 +78,14 @@ impl ConnState {
         self.served.store(false, Ordering::Release);
     }
 
+    /// A request was served without hyper (the fast path): the
+    /// connection holds no HTTP buffers, and its next idle spell is counted
+    /// as a release again.
+    pub fn served_without_hyper(&self) {
+        self.park.store(PARK_NONE, Ordering::Release);
+        self.served.store(true, Ordering::Release);
+    }
+
     pub fn has_served(&self) -> bool {
         self.served.load(Ordering::Acquire)
     }

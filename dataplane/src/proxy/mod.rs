@@ -10,10 +10,12 @@ mod body;
 mod checks;
 mod client_ip;
 mod conn_state;
+mod fast_h1;
 mod h1pool;
 mod hash_key;
 mod headers;
 mod local;
+mod raw_pool;
 mod upgrade;
 mod upstream;
 
@@ -35,6 +37,7 @@ pub use access_log::{AccessLog, AccessLogTarget};
 pub use body::{ClientBody, GuardedBody};
 pub use checks::parse_size;
 pub use conn_state::{ConnState, Rejection, RequestGuard};
+pub(crate) use fast_h1::After;
 pub use local::local_response;
 pub use upgrade::{GOING_AWAY_GRACE, Tunnels};
 pub use upstream::{CaError, client_tls_config, parse_ca_pem};
@@ -70,6 +73,9 @@ pub struct ProxyConfig {
     /// TLS toward `HTTPS`/`GRPCS` backends ([`client_tls_config`]; `None`:
     /// no certificate verification).
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Serve plain cleartext HTTP/1.1 `GET`/`HEAD` requests on the fast
+    /// path (see `fast_h1`; `--h1-fast-path`).
+    pub fast_h1: bool,
 }
 
 /// The HSTS header value sent by default: one year, subdomains included.
@@ -89,6 +95,7 @@ impl Default for ProxyConfig {
             hsts: Some(http::HeaderValue::from_static(DEFAULT_HSTS)),
             access_log: None,
             upstream_tls: None,
+            fast_h1: true,
         }
     }
 }

@@ -26,6 +26,7 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 
 use super::UpstreamBody;
 use super::h1pool::H1Pool;
+use super::raw_pool::RawPool;
 use crate::snapshot::UpstreamProtocol;
 
 pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
@@ -35,6 +36,8 @@ pub(super) type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamB
 pub(super) struct UpstreamClients {
     /// Cleartext HTTP/1.1 without upgrades: see `h1pool`.
     pub(super) h1: H1Pool,
+    /// Bare sockets for the fast path (see `fast_h1`).
+    pub(super) raw: RawPool,
     http1: UpstreamClient,
     http2: UpstreamClient,
 }
@@ -62,7 +65,8 @@ impl UpstreamClients {
                 .build(connector)
         };
         let h1 = H1Pool::new(connect_timeout, pool_idle_timeout);
-        Self { h1, http1: client(http1, false), http2: client(http2, true) }
+        let raw = RawPool::new(connect_timeout, pool_idle_timeout);
+        Self { h1, raw, http1: client(http1, false), http2: client(http2, true) }
     }
 
     /// The client for `protocol`; an upgrade (WebSocket) always goes over
