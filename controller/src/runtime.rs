@@ -136,6 +136,7 @@ impl Dataplane {
             access_log: self.access_log()?,
             hsts: self.hsts()?,
             upstream_tls: self.upstream_tls()?,
+            fast_h1: self.args.h1_fast_path,
             ..ProxyConfig::default()
         };
         let listener_config = ListenerConfig {

@@ -50,6 +50,10 @@ pub struct Metrics {
     /// `switchyard_connections_released_total`: idle keep-alive
     /// connections that freed their HTTP buffers until their next request.
     pub connections_released: prometheus::IntCounter,
+    /// `switchyard_h1_fast_path_requests_total`: requests answered on the
+    /// cleartext HTTP/1.1 fast path (see `proxy::fast_h1`); the others
+    /// went through hyper.
+    pub h1_fast_path_requests: prometheus::IntCounter,
     /// `switchyard_tls_handshakes_total{sni,result}`: `sni` is the served
     /// host the SNI matched (`default` otherwise: bounded), `result` is
     /// `ok` or `error`.
@@ -172,6 +176,11 @@ impl Metrics {
             "Times an idle HTTP/1 keep-alive connection freed its HTTP buffers until its next request.",
         )
         .expect("valid metric");
+        let h1_fast_path_requests = prometheus::IntCounter::new(
+            "switchyard_h1_fast_path_requests_total",
+            "Requests answered on the cleartext HTTP/1.1 fast path (plain GET and HEAD to HTTP/1.1 backends).",
+        )
+        .expect("valid metric");
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "switchyard_tls_handshakes_total",
@@ -244,6 +253,7 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(connections_released.clone()),
+            Box::new(h1_fast_path_requests.clone()),
             Box::new(tcp_connections.clone()),
             Box::new(tcp_active.clone()),
             Box::new(tcp_received_bytes.clone()),
@@ -271,6 +281,7 @@ impl Metrics {
             upstream_errors,
             access_log_dropped,
             connections_released,
+            h1_fast_path_requests,
             tcp_connections,
             tcp_active,
             tcp_received_bytes,

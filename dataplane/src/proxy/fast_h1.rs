@@ -209,6 +209,7 @@ impl Proxy {
 
     /// The request's counts, as hyper's path makes them.
     fn count_fast(&self, host: &str, backend: &Backend, endpoint: &str, status: &str, start: Instant) {
+        self.metrics.h1_fast_path_requests.inc();
         let service = &*backend.service;
         self.metrics.upstream_requests.with_label_values(&[service, endpoint, status]).inc();
         self.metrics.requests.with_label_values(&[host, service, status]).inc();

@@ -1,0 +1,331 @@
+//! End-to-end: the cleartext HTTP/1.1 fast path (`proxy::fast_h1`) against
+//! the real binary, raw sockets on loopback and a scripted backend that
+//! answers each target with exact bytes: which requests it takes (counted
+//! in `switchyard_h1_fast_path_requests_total`), the head the backend
+//! receives, each response framing passed intact, upstream connection
+//! reuse, upstream failures answered as hyper's path answers them, and the
+//! flag that turns it off.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::raw::RawClient;
+use support::*;
+
+const NS: &str = "fast";
+const FAST: &str = "switchyard_h1_fast_path_requests_total";
+
+/// A backend that answers each request by its target (see `answer`),
+/// counting connections and keeping every request head it read.
+#[derive(Clone)]
+struct Scripted {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let this = Self { addr, accepted: Arc::default(), heads: Arc::default() };
+        let shared = this.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(shared.clone().serve(stream));
+            }
+        });
+        this
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn last_head(&self) -> String {
+        self.heads.lock().unwrap().last().cloned().expect("a request reached the backend")
+    }
+
+    async fn serve(self, mut stream: TcpStream) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                buf.drain(..end + 4);
+                // Request bodies (hyper's path) are framed by Content-Length.
+                let length = head
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                    .unwrap_or(0);
+                while buf.len() < length {
+                    let Ok(n) = stream.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.drain(..length);
+                self.heads.lock().unwrap().push(head.clone());
+                let (answer, close) = answer(&head);
+                if stream.write_all(&answer).await.is_err() {
+                    return;
+                }
+                if close {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// The backend's answer to a request head, and whether it then closes.
+fn answer(head: &str) -> (Vec<u8>, bool) {
+    let mut request_line = head.split(' ');
+    let (method, target) = (request_line.next().unwrap(), request_line.next().unwrap());
+    let fixed = |text: &str| text.as_bytes().to_vec();
+    match target {
+        "/chunked" => (
+            fixed(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
+            ),
+            false,
+        ),
+        "/early" => (
+            fixed("HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            false,
+        ),
+        "/until-close" => (fixed("HTTP/1.1 200 OK\r\nX-Framing: none\r\n\r\nstreamed to the close"), true),
+        "/no-content" => (fixed("HTTP/1.1 204 No Content\r\n\r\n"), false),
+        "/hop" => (
+            fixed(
+                "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+                 Set-Cookie: a=b\r\nContent-Length: 2\r\n\r\nok",
+            ),
+            false,
+        ),
+        "/garbage" => (fixed("SSH-2.0-OpenSSH_9.2\r\n\r\n"), true),
+        "/switch" => (fixed("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"), true),
+        "/close-after" => (fixed("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"), true),
+        _ if method == "HEAD" => (fixed("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"), false),
+        _ => {
+            let text = format!("{method} {target}");
+            (format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len()).into_bytes(), false)
+        }
+    }
+}
+
+fn ingress(host: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: fast\n  namespace: {NS}\n\
+         spec:\n  ingressClassName: switchyard\n  rules:\n  - host: {host}\n    http:\n      paths:\n      \
+         - {{path: /, pathType: Prefix, backend: {{service: {{name: scripted, port: {{number: 80}}}}}}}}\n"
+    )
+}
+
+async fn start(backend: &Scripted, flags: &[&str]) -> Standalone {
+    let manifests = service(NS, "scripted")
+        + &endpoint_slice(NS, "scripted", &[("scripted-1".to_string(), backend.addr)])
+        + &ingress("a.test");
+    Standalone::start_with(&[("m.yaml", &manifests)], flags).await
+}
+
+async fn fast_count(proxy: &Standalone) -> f64 {
+    metric(proxy.admin, FAST).await.expect("the fast path's counter is exported")
+}
+
+fn get_bytes(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: a.test\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_gets_take_the_fast_path_on_one_upstream_connection() {
+    let backend = Scripted::start().await;
+    let proxy = start(&backend, &[]).await;
+    let before = fast_count(&proxy).await;
+    let mut client = RawClient::connect(proxy.http).await;
+    for i in 0..5 {
+        client
+            .send(
+                format!(
+                    "GET /r{i}?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive\r\nKeep-Alive: timeout=9\r\n\
+                     X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nUser-Agent: raw/1\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        let resp = client.response().await.unwrap_or_else(|| panic!("request {i}: no response"));
+        assert_eq!((resp.status, resp.body_text()), (200, format!("GET /r{i}?q=1")), "request {i}");
+        assert!(!resp.closes(), "request {i}: keep-alive");
+    }
+    assert_eq!(fast_count(&proxy).await - before, 5.0, "five requests on the fast path");
+    assert_eq!(backend.accepted(), 1, "one upstream connection, reused");
+
+    // The head the backend read: the client's, without hop-by-hop fields,
+    // with our X-Forwarded-* and X-Real-IP instead of the client's.
+    let head = backend.last_head().to_ascii_lowercase();
+    let port = proxy.http.port();
+    for expected in [
+        "get /r4?q=1 http/1.1\r\n",
+        "host: a.test\r\n",
+        "user-agent: raw/1\r\n",
+        "x-forwarded-for: 127.0.0.1\r\n",
+        "x-real-ip: 127.0.0.1\r\n",
+        "x-forwarded-proto: http\r\n",
+        "x-forwarded-host: a.test\r\n",
+    ] {
+        assert!(head.contains(expected), "{expected:?} missing from {head:?}");
+    }
+    assert!(head.contains(&format!("x-forwarded-port: {port}\r\n")), "{head:?}");
+    for gone in ["connection:", "keep-alive:", "6.6.6.6"] {
+        assert!(!head.contains(gone), "{gone:?} forwarded: {head:?}");
+    }
+
+    // A request with a body is hyper's: answered, not counted.
+    client.send(b"POST /form HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc").await;
+    assert_eq!(client.response().await.expect("POST answered").body_text(), "POST /form");
+    assert_eq!(fast_count(&proxy).await - before, 5.0, "the POST went through hyper");
+
+    // A client's close is honoured (a new connection: the one above is
+    // hyper's until it idles).
+    let mut client = RawClient::connect(proxy.http).await;
+    client.send(b"GET /last HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await;
+    let last = client.response().await.expect("answered");
+    assert!(last.closes(), "Connection: close answered with close: {}", last.head);
+    assert!(client.closed_within(Duration::from_secs(3)).await, "closed after the client asked");
+    assert_eq!(fast_count(&proxy).await - before, 6.0, "the close request on the fast path");
+}
+
+/// Reads a connection to its end (bounded).
+async fn read_to_close(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_framing_passes_intact() {
+    let backend = Scripted::start().await;
+    let proxy = start(&backend, &[]).await;
+    let before = fast_count(&proxy).await;
+    let mut client = RawClient::connect(proxy.http).await;
+
+    // Chunked: re-encoded, extensions and trailers dropped.
+    client.send(&get_bytes("/chunked")).await;
+    let resp = client.response().await.expect("chunked response");
+    assert_eq!((resp.status, resp.body_text().as_str()), (200, "hello world"));
+    assert!(resp.head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{}", resp.head);
+
+    // An interim 103 is not passed on; the final response is.
+    client.send(&get_bytes("/early")).await;
+    let resp = client.response().await.expect("final response after 103");
+    assert_eq!((resp.status, resp.body_text().as_str()), (200, "ok"));
+
+    // No body: 204, and HEAD with a length. The connection stays usable.
+    client.send(&get_bytes("/no-content")).await;
+    assert_eq!(client.response().await.expect("204").status, 204);
+    // A HEAD answer carries a length but no body: the next response on
+    // the connection follows its head directly.
+    let both = read_to_close(
+        proxy.http,
+        b"HEAD /h HTTP/1.1\r\nHost: a.test\r\n\r\nGET /after-head HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        both.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "HEAD then GET: {both:?}"
+    );
+    assert!(both.ends_with("\r\n\r\nGET /after-head"), "HEAD then GET: {both:?}");
+
+    // Hop-by-hop response fields and those Connection names are removed.
+    client.send(&get_bytes("/hop")).await;
+    let resp = client.response().await.expect("hop response");
+    let lower = resp.head.to_ascii_lowercase();
+    assert!(lower.contains("set-cookie: a=b"), "{}", resp.head);
+    for gone in ["x-secret", "keep-alive"] {
+        assert!(!lower.contains(gone), "{gone} passed on: {}", resp.head);
+    }
+
+    // No framing: the body runs to the upstream's close, and the client's
+    // connection closes after it.
+    let whole = read_to_close(proxy.http, &get_bytes("/until-close")).await;
+    assert!(whole.starts_with("HTTP/1.1 200 OK\r\n"), "{whole:?}");
+    assert!(whole.to_ascii_lowercase().contains("connection: close\r\n"), "{whole:?}");
+    assert!(whole.ends_with("\r\n\r\nstreamed to the close"), "{whole:?}");
+    assert!(fast_count(&proxy).await - before >= 7.0, "all on the fast path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_answered_as_on_hyper_s_path() {
+    let backend = Scripted::start().await;
+    let proxy = start(&backend, &[]).await;
+    let mut client = RawClient::connect(proxy.http).await;
+    for target in ["/garbage", "/switch"] {
+        client.send(&get_bytes(target)).await;
+        let resp = client.response().await.unwrap_or_else(|| panic!("{target}: no answer"));
+        assert_eq!(resp.status, 502, "{target}");
+        assert!(resp.body_text().starts_with("502 Bad Gateway: upstream"), "{target}: {:?}", resp.body_text());
+    }
+    // The connection that said close is not reused; the next request opens another.
+    let opened = backend.accepted();
+    client.send(&get_bytes("/close-after")).await;
+    assert_eq!(client.response().await.expect("answered").status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.send(&get_bytes("/next")).await;
+    assert_eq!(client.response().await.expect("answered").body_text(), "GET /next");
+    assert!(backend.accepted() > opened, "a closed upstream connection was reused");
+    let text = get(proxy.admin, "admin", "/metrics").await.unwrap().body;
+    for kind in ["reset", "protocol"] {
+        let series = format!("switchyard_upstream_errors_total{{kind=\"{kind}\"}} ");
+        assert!(text.lines().any(|l| l.starts_with(&series) && !l.ends_with(" 0")), "{series}not counted:\n{text}");
+    }
+
+    // A dead endpoint: connect refused, answered 502 like hyper's path.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let manifests = service(NS, "scripted")
+        + &endpoint_slice(NS, "scripted", &[("dead-1".to_string(), dead_addr)])
+        + &ingress("a.test");
+    proxy.write("m.yaml", &manifests);
+    let answered = wait_for("the dead endpoint to be served", Duration::from_secs(10), || async {
+        let mut c = RawClient::connect(proxy.http).await;
+        c.send(&get_bytes("/")).await;
+        c.response().await.filter(|r| r.status == 502)
+    })
+    .await;
+    assert!(answered.body_text().starts_with("502 Bad Gateway: upstream connect error"), "{}", answered.body_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_can_be_turned_off() {
+    let backend = Scripted::start().await;
+    let proxy = start(&backend, &["--h1-fast-path=false"]).await;
+    let mut client = RawClient::connect(proxy.http).await;
+    for _ in 0..3 {
+        client.send(&get_bytes("/chunked")).await;
+        assert_eq!(client.response().await.expect("served by hyper").body_text(), "hello world");
+    }
+    assert_eq!(fast_count(&proxy).await, 0.0, "the fast path served with --h1-fast-path=false");
+}
