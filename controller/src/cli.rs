@@ -143,8 +143,8 @@ pub struct DataplaneArgs {
     /// certificates are not verified, as nginx and HAProxy do by default.
     #[arg(long, value_name = "PATH")]
     pub upstream_ca_file: Option<std::path::PathBuf>,
-    /// Serve plain cleartext HTTP/1.1 GET and HEAD requests to cleartext
-    /// HTTP/1.1 backends on the fast path: parsed once and forwarded on
+    /// Serve plain HTTP/1.1 GET and HEAD requests (cleartext or TLS) to
+    /// cleartext HTTP/1.1 backends on the fast path: parsed once and forwarded on
     /// bare pooled connections, without hyper (counted in
     /// `switchyard_h1_fast_path_requests_total`). Requests it does not
     /// take, and every request while the access log or trusted proxies are

@@ -5,7 +5,8 @@
 //! Every HTTP/1 connection is read through an [`audit`] of its raw bytes
 //! (framing hyper repairs silently, exact head sizes) and two timers (slow
 //! head, idle keep-alive); at most `max_connections` are served at once.
-//! Cleartext HTTP/1 connections release hyper's buffers while idle (see
+//! HTTP/1 connections, cleartext or TLS, release hyper's buffers while
+//! idle, and their plain requests may take the proxy's fast path (see
 //! [`h1`]).
 //! With `proxy_protocol`, each connection first gives its client's address
 //! in a PROXY header (see [`proxy_protocol`]).
@@ -457,9 +458,9 @@ impl Connections {
         }
         let handshake = tokio::time::timeout_at(deadline, handshake(stream, tls, &metrics));
         match handshake.await {
-            // TLS connections keep hyper's auto builder (and their
-            // buffers while idle; see `h1` for what releasing them needs).
-            Ok(Some(stream)) => self.serve_io(watcher, stream, conn_info, slot),
+            // Served as cleartext connections are: HTTP/1 releasing its
+            // buffers while idle, HTTP/2 (ALPN h2) by its preface.
+            Ok(Some(stream)) => self.serve_h1(watcher, stream, conn_info, slot),
             Ok(None) => {}
             Err(_) => {
                 metrics.tls_handshakes.with_label_values(&["", "timeout"]).inc();
@@ -543,24 +544,11 @@ impl Connections {
         conn_info: ConnInfo,
         slot: Option<OwnedSemaphorePermit>,
     ) where
-        S: conn_io::PlainSocket + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: conn_io::Parkable + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (io, service, state) = self.connection(stream, conn_info, Some(self.config.release_idle_after));
         let task = h1::serve(self.clone(), watcher, slot, io, service, state);
         tokio::spawn(task);
-    }
-
-    /// Serves a connection with hyper's auto builder (HTTP/1.1 or HTTP/2).
-    fn serve_io<S>(&self, watcher: Watcher, stream: S, conn_info: ConnInfo, slot: Option<OwnedSemaphorePermit>)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (io, service, _) = self.connection(stream, conn_info, None);
-        let conn = self.auto_connection(watcher, io, service);
-        tokio::spawn(async move {
-            let _slot = slot;
-            conn.await;
-        });
     }
 
     fn auto_connection<S>(

@@ -51,7 +51,7 @@ pub struct Metrics {
     /// connections that freed their HTTP buffers until their next request.
     pub connections_released: prometheus::IntCounter,
     /// `switchyard_h1_fast_path_requests_total`: requests answered on the
-    /// cleartext HTTP/1.1 fast path (see `proxy::fast_h1`); the others
+    /// HTTP/1.1 fast path (see `proxy::fast_h1`); the others
     /// went through hyper.
     pub h1_fast_path_requests: prometheus::IntCounter,
     /// `switchyard_tls_handshakes_total{sni,result}`: `sni` is the served
@@ -178,7 +178,7 @@ impl Metrics {
         .expect("valid metric");
         let h1_fast_path_requests = prometheus::IntCounter::new(
             "switchyard_h1_fast_path_requests_total",
-            "Requests answered on the cleartext HTTP/1.1 fast path (plain GET and HEAD to HTTP/1.1 backends).",
+            "Requests answered on the HTTP/1.1 fast path (plain GET and HEAD to cleartext HTTP/1.1 backends).",
         )
         .expect("valid metric");
         let tls_handshakes = IntCounterVec::new(

@@ -30,13 +30,15 @@ struct Scripted {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     heads: Arc<Mutex<Vec<String>>>,
+    /// `/hang` requests whose connection the proxy closed unanswered.
+    cancelled: Arc<AtomicUsize>,
 }
 
 impl Scripted {
     async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let this = Self { addr, accepted: Arc::default(), heads: Arc::default() };
+        let this = Self { addr, accepted: Arc::default(), heads: Arc::default(), cancelled: Arc::default() };
         let shared = this.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -77,6 +79,13 @@ impl Scripted {
                 }
                 buf.drain(..length);
                 self.heads.lock().unwrap().push(head.clone());
+                if head.starts_with("GET /hang ") {
+                    // Never answered: wait for the proxy to give up on it.
+                    if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+                        self.cancelled.fetch_add(1, Ordering::SeqCst);
+                    }
+                    return;
+                }
                 let (answer, close) = answer(&head);
                 if stream.write_all(&answer).await.is_err() {
                     return;
@@ -122,7 +131,8 @@ fn answer(head: &str) -> (Vec<u8>, bool) {
         ),
         "/garbage" => (fixed("SSH-2.0-OpenSSH_9.2\r\n\r\n"), true),
         "/switch" => (fixed("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"), true),
-        "/close-after" => (fixed("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"), true),
+        // Says close, but leaves the socket open: the proxy must not reuse it.
+        "/close-after" => (fixed("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"), false),
         _ if method == "HEAD" => (fixed("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"), false),
         _ => {
             let text = format!("{method} {target}");
@@ -238,9 +248,9 @@ async fn every_response_framing_passes_intact() {
     assert!(resp.head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{}", resp.head);
 
     // An interim 103 is not passed on; the final response is.
-    client.send(&get_bytes("/early")).await;
-    let resp = client.response().await.expect("final response after 103");
-    assert_eq!((resp.status, resp.body_text().as_str()), (200, "ok"));
+    let early = read_to_close(proxy.http, b"GET /early HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await;
+    assert!(early.starts_with("HTTP/1.1 200 OK\r\n") && early.ends_with("\r\n\r\nok"), "{early:?}");
+    assert!(!early.contains("103"), "{early:?}");
 
     // No body: 204, and HEAD with a length. The connection stays usable.
     client.send(&get_bytes("/no-content")).await;
@@ -252,10 +262,9 @@ async fn every_response_framing_passes_intact() {
         b"HEAD /h HTTP/1.1\r\nHost: a.test\r\n\r\nGET /after-head HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(
-        both.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nHTTP/1.1 200 OK\r\n"),
-        "HEAD then GET: {both:?}"
-    );
+    let (first, rest) = both.split_once("\r\n\r\n").expect("a first head");
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n") && first.contains("content-length: 9"), "HEAD: {both:?}");
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "the GET's head right after HEAD's: {both:?}");
     assert!(both.ends_with("\r\n\r\nGET /after-head"), "HEAD then GET: {both:?}");
 
     // Hop-by-hop response fields and those Connection names are removed.
@@ -280,6 +289,7 @@ async fn every_response_framing_passes_intact() {
 async fn upstream_failures_are_answered_as_on_hyper_s_path() {
     let backend = Scripted::start().await;
     let proxy = start(&backend, &[]).await;
+    let before = fast_count(&proxy).await;
     let mut client = RawClient::connect(proxy.http).await;
     for target in ["/garbage", "/switch"] {
         client.send(&get_bytes(target)).await;
@@ -287,14 +297,32 @@ async fn upstream_failures_are_answered_as_on_hyper_s_path() {
         assert_eq!(resp.status, 502, "{target}");
         assert!(resp.body_text().starts_with("502 Bad Gateway: upstream"), "{target}: {:?}", resp.body_text());
     }
-    // The connection that said close is not reused; the next request opens another.
-    let opened = backend.accepted();
+    // An upstream connection whose response said close is not reused,
+    // even while the backend keeps it open; one that did not say so is.
     client.send(&get_bytes("/close-after")).await;
     assert_eq!(client.response().await.expect("answered").status, 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let opened = backend.accepted();
     client.send(&get_bytes("/next")).await;
     assert_eq!(client.response().await.expect("answered").body_text(), "GET /next");
-    assert!(backend.accepted() > opened, "a closed upstream connection was reused");
+    assert_eq!(backend.accepted(), opened + 1, "the connection that said close was reused");
+    client.send(&get_bytes("/again")).await;
+    assert_eq!(client.response().await.expect("answered").body_text(), "GET /again");
+    assert_eq!(backend.accepted(), opened + 1, "a reusable connection was not reused");
+    assert_eq!(fast_count(&proxy).await - before, 5.0, "all on the fast path");
+
+    // A client that closes before the upstream answers cancels the request:
+    // the upstream connection is closed, not left waiting.
+    let mut hanging = TcpStream::connect(proxy.http).await.unwrap();
+    hanging.write_all(&get_bytes("/hang")).await.unwrap();
+    wait_for("the request to reach the backend", Duration::from_secs(5), || async {
+        backend.heads.lock().unwrap().iter().any(|h| h.starts_with("GET /hang ")).then_some(())
+    })
+    .await;
+    drop(hanging);
+    wait_for("the upstream request to be cancelled", Duration::from_secs(3), || async {
+        (backend.cancelled.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
     let text = get(proxy.admin, "admin", "/metrics").await.unwrap().body;
     for kind in ["reset", "protocol"] {
         let series = format!("switchyard_upstream_errors_total{{kind=\"{kind}\"}} ");
@@ -316,6 +344,16 @@ async fn upstream_failures_are_answered_as_on_hyper_s_path() {
     })
     .await;
     assert!(answered.body_text().starts_with("502 Bad Gateway: upstream connect error"), "{}", answered.body_text());
+
+    // A local answer to HEAD has no body: the next response follows its head.
+    let both = read_to_close(
+        proxy.http,
+        b"HEAD / HTTP/1.1\r\nHost: a.test\r\n\r\nGET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(both.matches("HTTP/1.1 502 Bad Gateway\r\n").count(), 2, "{both:?}");
+    assert_eq!(both.matches("502 Bad Gateway: upstream connect error").count(), 1, "one body: {both:?}");
+    assert!(both.ends_with("upstream connect error\n"), "{both:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,4 +366,49 @@ async fn the_fast_path_can_be_turned_off() {
         assert_eq!(client.response().await.expect("served by hyper").body_text(), "hello world");
     }
     assert_eq!(fast_count(&proxy).await, 0.0, "the fast path served with --h1-fast-path=false");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_tls_take_the_fast_path_with_hsts() {
+    use support::tls::{Ca, ClientOptions, connect, request_with_finished, tls_secret};
+    let backend = Scripted::start().await;
+    let leaf = Ca::new().leaf(&["a.test"]);
+    let tls_ingress =
+        ingress("a.test").replace("spec:\n", "spec:\n  tls:\n  - hosts: [a.test]\n    secretName: a-tls\n");
+    let manifests = service(NS, "scripted")
+        + &endpoint_slice(NS, "scripted", &[("scripted-1".to_string(), backend.addr)])
+        + &tls_ingress
+        + &tls_secret(NS, "a-tls", &leaf.cert_pem, &leaf.key_pem);
+    let https = free_addr();
+    let https_flag = https.to_string();
+    let proxy = Standalone::start_with(&[("m.yaml", &manifests)], &["--https-addr", &https_flag]).await;
+    let before = fast_count(&proxy).await;
+
+    let stream = connect(https, ClientOptions { sni: Some("a.test"), ..Default::default() }).await.unwrap();
+    let (mut stream, mut all) = (stream, Vec::new());
+    stream.write_all(b"GET /tls HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await.expect("closed").unwrap_or(0);
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text:?}");
+    assert!(text.contains("strict-transport-security: max-age=31536000; includesubdomains\r\n"), "{text:?}");
+    assert!(text.ends_with("get /tls"), "{text:?}");
+    assert!(backend.last_head().to_ascii_lowercase().contains("x-forwarded-proto: https\r\n"));
+    assert_eq!(fast_count(&proxy).await - before, 1.0, "over TLS on the fast path");
+
+    // A request in the same TCP write as the client's last handshake
+    // message is answered too (rustls has decrypted it with the handshake).
+    let request = b"GET /with-finished HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let answer = tokio::task::spawn_blocking(move || {
+        request_with_finished(
+            https,
+            ClientOptions { sni: Some("a.test"), ..Default::default() },
+            request,
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("GET /with-finished"), "{answer:?}");
+    assert_eq!(fast_count(&proxy).await - before, 2.0);
 }

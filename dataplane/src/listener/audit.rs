@@ -319,8 +319,9 @@ impl Audit {
     }
 }
 
-/// `chunk-size [ chunk-ext ]` (RFC 9112 §7.1, §7.1.1).
-fn chunk_size(line: &[u8]) -> Result<u64, Rejection> {
+/// `chunk-size [ chunk-ext ]` (RFC 9112 §7.1, §7.1.1). Also the fast
+/// path's check of an upstream's chunked response.
+pub(crate) fn chunk_size(line: &[u8]) -> Result<u64, Rejection> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 16 {
         return Err(Rejection::bad("invalid chunk size"));

@@ -129,17 +129,49 @@ impl<S> AuditedIo<S> {
     }
 }
 
-/// A bare socket (no TLS over it): what `super::h1` serves, where a
-/// parked connection reads the socket directly.
-pub trait PlainSocket {}
+/// A socket that `super::h1` serves and parks on: reading it gives the
+/// connection's bytes in order, whatever is already buffered first. A bare
+/// TCP socket, or TLS over one (rustls hands out the records it decrypted
+/// during the handshake, a client's first request among them, before
+/// reading the socket again).
+pub trait Parkable {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
 
-impl PlainSocket for TcpStream {}
+impl Parkable for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl<S: Parkable + AsyncWrite + Unpin> crate::proxy::ClientIo for AuditedIo<S> {
+    /// Peeks at the TCP socket: no system call unless it became readable.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if !self.replay.is_empty() {
+            return Poll::Ready(false);
+        }
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let mut buf = ReadBuf::uninit(&mut byte);
+        match self.stream.tcp().poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(true),
+            Poll::Ready(Ok(_)) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// The most a parked connection's first read takes (hyper's first read
 /// buffer is as big). It lives on the stack only during the read.
 const PARKED_READ: usize = 8192;
 
-impl<S: PlainSocket + AsyncRead + Unpin> AuditedIo<S> {
+impl<S: Parkable + AsyncRead + Unpin> AuditedIo<S> {
     /// For a parked connection: ready with `true` once input has arrived,
     /// read, audited and kept to be replayed (see [`AuditedIo::pending_input`]),
     /// or with `false` at end of stream, on an error or at the idle

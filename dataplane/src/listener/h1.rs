@@ -1,4 +1,6 @@
-//! Cleartext HTTP/1 connections that hold no HTTP buffers while idle.
+//! HTTP/1 connections (cleartext, or TLS once its handshake is done) that
+//! hold no HTTP buffers while idle, and whose plain requests may take the
+//! proxy's fast path (`crate::proxy::fast_h1`).
 //!
 //! hyper keeps a connection's read buffer (8 KiB once used) and write
 //! buffer (8 KiB) for the connection's whole life, and its state machine
@@ -6,22 +8,26 @@
 //! connection. Here a connection idle between requests for
 //! `release_after` is *parked*: hyper is stopped at its idle state (its
 //! shutdown of the socket held back, see [`super::conn_io`]), its
-//! buffers are freed, and the task waits on the bare socket. The next
+//! buffers are freed, and the task waits on the socket. The next
 //! request's first bytes start a new hyper connection on the same socket,
 //! with any bytes hyper had read but not parsed given back first. Busy
 //! connections are never parked, so steady keep-alive traffic pays
 //! nothing for this.
 //!
 //! A connection opens parked too: it takes its first buffers when its
-//! first bytes arrive. Those bytes also tell HTTP/2 with prior knowledge
-//! (its preface) from HTTP/1; HTTP/2 goes to hyper's auto builder.
+//! first bytes arrive. Those bytes also tell HTTP/2 (its preface, with
+//! prior knowledge or after ALPN `h2`) from HTTP/1; HTTP/2 goes to hyper's
+//! auto builder. Before hyper is started, the fast path is offered the
+//! request at the head of the input: what it takes it answers itself, and
+//! the connection goes back to waiting, parked.
 //!
 //! A hyper connection is stopped only once it has served a request: one
 //! stopped in its initial state would answer its first request with
-//! `Connection: close`. TLS connections are not served here yet: a TLS
-//! client's first request often arrives with its last handshake message
-//! (read by the handshake, invisible to socket readiness), and a connection
-//! that has not sent a request yet must still close at once on a drain.
+//! `Connection: close`. A connection that has not sent a request yet closes
+//! at once on a drain. Over TLS, a client's first request often arrives
+//! with its last handshake message: rustls has decrypted it already, and
+//! the parked read takes it from rustls before it waits on the socket (see
+//! [`super::conn_io::Parkable`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,7 +39,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::conn_io::{AuditedIo, PlainSocket};
+use super::conn_io::{AuditedIo, Parkable};
 use super::{ConnService, Connections};
 use crate::proxy::{After, ConnState};
 
@@ -52,7 +58,7 @@ pub(super) async fn serve<S>(
     mut service: ConnService,
     state: Arc<ConnState>,
 ) where
-    S: PlainSocket + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Parkable + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = service.conn_info.peer;
     let mut first = true;
@@ -147,7 +153,7 @@ async fn serve_fast<S>(
     state: &Arc<ConnState>,
 ) -> Option<After>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Parkable + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A head the audit refused is answered by hyper's path.
     if !conns.fast_h1 || state.rejection().is_some() {
@@ -156,7 +162,7 @@ where
     let taken = service.proxy.take_fast_h1(io.pending_input(), service.conn_info, conns.config.max_headers)?;
     io.consume_input(taken.head_len);
     let guard = state.start_request();
-    let closing = service.drain.is_closing_keep_alive();
+    let closing = || service.drain.is_closing_keep_alive();
     // Boxed: the connection's future, which every idle connection holds,
     // stays small.
     let after = Box::pin(service.proxy.forward_fast_h1(taken, io, closing)).await;
@@ -171,7 +177,7 @@ where
 /// request took the fast path: its idle spell past the release delay is
 /// counted in `switchyard_connections_released_total`, as hyper's
 /// connections are when they release their buffers.
-async fn next_input<S: PlainSocket + AsyncRead + Unpin>(
+async fn next_input<S: Parkable + AsyncRead + Unpin>(
     io: &mut AuditedIo<S>,
     conns: &Connections,
     fast: Option<&ConnState>,

@@ -1,5 +1,6 @@
-//! The fast path for the most common request: a cleartext HTTP/1.1 `GET`
-//! or `HEAD` without a body, routed to a cleartext HTTP/1.1 backend.
+//! The fast path for the most common request: an HTTP/1.1 `GET` or `HEAD`
+//! without a body (cleartext, or over TLS once terminated), routed to a
+//! cleartext HTTP/1.1 backend.
 //!
 //! hyper's path builds a request (a header map, a URI) from the client's
 //! bytes, rewrites it, sends it through a client connection that runs in
@@ -15,13 +16,22 @@
 //!
 //! What the fast path takes, it answers as hyper's path would: the same
 //! routing, balancing, retries, passive health, in-flight counts, timeouts,
-//! metrics and local answers (502, 504). Anything else — a request with a
-//! body or an upgrade, an unusual target or Host, a route that redirects
-//! or has session affinity or a header-hashed balancer, a backend over TLS
-//! or HTTP/2, no route, no endpoint, the access log or trusted proxies
-//! configured — is declined before anything is sent, and hyper serves it.
+//! metrics, `Strict-Transport-Security` and local answers (502, 504).
+//! Anything else — HTTP/2, a request with a body or an upgrade, an unusual
+//! target or Host, a route that redirects or has session affinity or a
+//! header-hashed balancer, a backend over TLS or HTTP/2, no route, no
+//! endpoint, the access log or trusted proxies configured — is declined
+//! before anything is sent, and hyper serves it.
 //! `--h1-fast-path=false` turns it off.
+//!
+//! One difference in kind: a pooled upstream connection that turns out to
+//! have been closed (end of stream before any response byte, the request
+//! already written) gets the request again on a new connection, even with
+//! no retries configured, as nginx does with its keep-alive connections.
+//! Only `GET` and `HEAD` are taken, which RFC 9110 §9.2.2 lets a proxy
+//! repeat.
 
+mod date;
 mod request;
 mod response;
 
@@ -30,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::raw_pool::RawPool;
@@ -38,7 +48,7 @@ use super::{ConnInfo, ForwardError, Proxy};
 use crate::balance::{Algorithm, hash_ip};
 use crate::snapshot::{Backend, HashOn, Snapshot, UpstreamProtocol};
 use request::Method;
-use response::{Chunked, Framing, Parsed, ResponseHead};
+use response::{Additions, Chunked, Framing, Parsed, ResponseHead};
 
 /// A response head larger than this is refused (502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -59,6 +69,8 @@ pub(crate) struct Taken {
     hash_key: Option<u64>,
     method: Method,
     client_close: bool,
+    /// `Strict-Transport-Security` for the response (TLS, a host with TLS).
+    hsts: Option<http::HeaderValue>,
     upstream_head: Vec<u8>,
     start: Instant,
 }
@@ -86,7 +98,7 @@ impl Proxy {
         let snapshot = self.snapshots.load();
         let route = snapshot.router.route(Some(head.host), head.path)?;
         let backend = &snapshot.backends[route.backend];
-        if route.https_redirect
+        if (route.https_redirect && !conn.tls)
             || route.upstream != UpstreamProtocol::Http
             || backend.unavailable.is_some()
             || backend.balance.affinity.is_some()
@@ -100,8 +112,9 @@ impl Proxy {
         };
         let chosen = backend.pick_endpoint(hash_key)?;
         let mut upstream_head = Vec::with_capacity(head.len + 160);
-        request::write_upstream_head(&head, conn.peer.ip(), conn.local_port, &mut upstream_head);
+        request::write_upstream_head(&head, conn.peer.ip(), conn.local_port, conn.tls, &mut upstream_head);
         let (route_host, backend_index) = (route.host.clone(), route.backend);
+        let hsts = if conn.tls && route.hsts { self.config.hsts.clone() } else { None };
         Some(Taken {
             head_len: head.len,
             route_host,
@@ -110,6 +123,7 @@ impl Proxy {
             hash_key,
             method: head.method,
             client_close: head.close,
+            hsts,
             upstream_head,
             start,
             snapshot,
@@ -117,11 +131,13 @@ impl Proxy {
     }
 
     /// Forwards a request the fast path took and writes the response to
-    /// `client` (`closing`: the listener is draining, this is the
-    /// connection's last response).
-    pub(crate) async fn forward_fast_h1<IO>(&self, taken: Taken, client: &mut IO, closing: bool) -> After
+    /// `client`. `closing` says, when the response is written, whether the
+    /// listener is draining (the connection's last response then says
+    /// close). A client that closes its connection while the upstream has
+    /// not answered yet cancels the request, as on hyper's path.
+    pub(crate) async fn forward_fast_h1<IO>(&self, taken: Taken, client: &mut IO, closing: impl Fn() -> bool) -> After
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: ClientIo,
     {
         let Taken {
             snapshot,
@@ -131,12 +147,14 @@ impl Proxy {
             hash_key,
             method,
             client_close,
+            hsts,
             upstream_head,
             start,
             ..
         } = taken;
         let backend = &snapshot.backends[backend];
-        let close = client_close || closing;
+        let add = Additions { hsts: hsts.as_ref().map(http::HeaderValue::as_bytes) };
+        let head_request = method == Method::Head;
         let clients = self.clients_for(backend.balance.connect_timeout);
         let pool = &clients.raw;
         let timeout = backend.balance.request_timeout.unwrap_or(self.config.upstream_timeout);
@@ -150,8 +168,16 @@ impl Proxy {
             let addr = backend.endpoints[chosen].addr;
             buf.clear();
             out.clear();
-            let exchange =
-                exchange(pool, addr, &upstream_head, timeout, method == Method::Head, close, &mut buf, &mut out).await;
+            let exchange = exchange(pool, addr, &upstream_head, timeout, head_request, add, &mut buf, &mut out);
+            let exchange = tokio::select! {
+                biased;
+                exchange = exchange => exchange,
+                () = client_gone(client) => {
+                    tracing::debug!(endpoint = %addr, service = %backend.service,
+                        "client closed its connection before the response; request cancelled");
+                    return After::Close;
+                }
+            };
             if let Err(err) = &exchange {
                 self.metrics.upstream_errors.with_label_values(&[err.kind()]).inc();
             }
@@ -172,6 +198,7 @@ impl Proxy {
             chosen = other;
             attempt += 1;
         };
+        let close = client_close || closing();
         let endpoint = &backend.endpoints[chosen];
         let (upstream, head) = match exchange {
             Ok(pair) => pair,
@@ -181,9 +208,11 @@ impl Proxy {
                 let status = err.status();
                 self.count_fast(&route_host, backend, &endpoint.label, status.as_str(), start);
                 drop(guard);
-                return local_answer(client, status, &err.to_string(), close).await;
+                let answer = LocalAnswer { status, detail: &err.to_string(), head_request, close, add };
+                return answer.write(client).await;
             }
         };
+        response::finish_head(&mut out, &head, close);
         self.record_outcome(backend, chosen, matches!(head.status, 502..=504));
         if let Some(load) = backend.load(chosen) {
             load.observe_latency(start.elapsed());
@@ -228,7 +257,7 @@ async fn exchange(
     request: &[u8],
     timeout: Duration,
     head_request: bool,
-    close: bool,
+    add: Additions<'_>,
     buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(TcpStream, ResponseHead), ForwardError> {
@@ -239,7 +268,7 @@ async fn exchange(
             None => (Box::pin(pool.connect(addr)).await.map_err(|_| ForwardError::Connect)?, false),
         };
         loop {
-            match send_and_read_head(&mut upstream, request, head_request, close, buf, out).await {
+            match send_and_read_head(&mut upstream, request, head_request, add, buf, out).await {
                 Ok(head) => return Ok((upstream, head)),
                 Err(Exchange::Nothing) if pooled => {
                     tracing::debug!(%addr, "pooled upstream connection was closed; opening a new one");
@@ -270,7 +299,7 @@ async fn send_and_read_head(
     upstream: &mut TcpStream,
     request: &[u8],
     head_request: bool,
-    close: bool,
+    add: Additions<'_>,
     buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, Exchange> {
@@ -288,7 +317,7 @@ async fn send_and_read_head(
             Ok(_) => received = true,
         }
         loop {
-            match response::parse(buf, head_request, close, out) {
+            match response::parse(buf, head_request, add, out) {
                 Parsed::Partial => break,
                 Parsed::Interim(len) => {
                     buf.drain(..len);
@@ -403,22 +432,74 @@ where
     Copied::Whole(reusable.then_some(upstream))
 }
 
-/// A local answer, as `local_response` makes it for hyper's path.
-async fn local_answer<IO>(client: &mut IO, status: StatusCode, detail: &str, close: bool) -> After
-where
-    IO: AsyncWrite + Unpin,
-{
-    let body = format!("{} {}: {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""), detail);
-    let connection = if close { "connection: close\r\n" } else { "" };
-    let answer = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n\
-         content-length: {}\r\n{connection}\r\n{body}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
-    match client.write_all(answer.as_bytes()).await {
-        Ok(()) if !close => After::KeepAlive,
-        _ => After::Close,
+/// A local answer, as `local_response` makes it for hyper's path (no body
+/// to a `HEAD`).
+struct LocalAnswer<'a> {
+    status: StatusCode,
+    detail: &'a str,
+    head_request: bool,
+    close: bool,
+    add: Additions<'a>,
+}
+
+impl LocalAnswer<'_> {
+    async fn write<IO: AsyncWrite + Unpin>(self, client: &mut IO) -> After {
+        let Self { status, detail, head_request, close, add } = self;
+        let reason = status.canonical_reason().unwrap_or("");
+        let body = format!("{} {reason}: {detail}\n", status.as_u16());
+        let mut answer = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n\
+             content-length: {}\r\ndate: ",
+            status.as_u16(),
+            body.len()
+        )
+        .into_bytes();
+        date::now(|date| answer.extend_from_slice(date));
+        answer.extend_from_slice(b"\r\n");
+        if let Some(hsts) = add.hsts {
+            answer.extend_from_slice(b"strict-transport-security: ");
+            answer.extend_from_slice(hsts);
+            answer.extend_from_slice(b"\r\n");
+        }
+        if close {
+            answer.extend_from_slice(b"connection: close\r\n");
+        }
+        answer.extend_from_slice(b"\r\n");
+        if !head_request {
+            answer.extend_from_slice(body.as_bytes());
+        }
+        match client.write_all(&answer).await {
+            Ok(()) if !close => After::KeepAlive,
+            _ => After::Close,
+        }
     }
+}
+
+/// The client connection as the fast path needs it: written to, and
+/// watched for its end while the upstream has not answered.
+pub(crate) trait ClientIo: AsyncWrite + Unpin {
+    /// Ready once the client has closed its connection (end of stream or
+    /// an error); pending while it is open and silent. Once the client has
+    /// sent more bytes (a pipelined request, a TLS record), it is known to
+    /// be there, and this stays pending.
+    fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool>;
+}
+
+/// Resolves when the client has gone (see [`ClientIo::poll_gone`]).
+async fn client_gone<IO: ClientIo>(client: &mut IO) {
+    let mut present = false;
+    std::future::poll_fn(|cx| {
+        if present {
+            return std::task::Poll::Pending;
+        }
+        match client.poll_gone(cx) {
+            std::task::Poll::Ready(true) => std::task::Poll::Ready(()),
+            std::task::Poll::Ready(false) => {
+                present = true;
+                std::task::Poll::Pending
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await;
 }

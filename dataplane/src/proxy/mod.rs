@@ -37,7 +37,7 @@ pub use access_log::{AccessLog, AccessLogTarget};
 pub use body::{ClientBody, GuardedBody};
 pub use checks::parse_size;
 pub use conn_state::{ConnState, Rejection, RequestGuard};
-pub(crate) use fast_h1::After;
+pub(crate) use fast_h1::{After, ClientIo};
 pub use local::local_response;
 pub use upgrade::{GOING_AWAY_GRACE, Tunnels};
 pub use upstream::{CaError, client_tls_config, parse_ca_pem};
@@ -73,8 +73,8 @@ pub struct ProxyConfig {
     /// TLS toward `HTTPS`/`GRPCS` backends ([`client_tls_config`]; `None`:
     /// no certificate verification).
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
-    /// Serve plain cleartext HTTP/1.1 `GET`/`HEAD` requests on the fast
-    /// path (see `fast_h1`; `--h1-fast-path`).
+    /// Serve plain HTTP/1.1 `GET`/`HEAD` requests to cleartext HTTP/1.1
+    /// backends on the fast path (see `fast_h1`; `--h1-fast-path`).
     pub fast_h1: bool,
 }
 

@@ -95,7 +95,7 @@ pub(super) fn parse<'a>(
 
 /// Writes the head toward the upstream into `out`: the client's fields but
 /// the hop-by-hop ones and those we set, then ours.
-pub(super) fn write_upstream_head(head: &Head<'_>, peer: IpAddr, local_port: u16, out: &mut Vec<u8>) {
+pub(super) fn write_upstream_head(head: &Head<'_>, peer: IpAddr, local_port: u16, tls: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
@@ -114,7 +114,9 @@ pub(super) fn write_upstream_head(head: &Head<'_>, peer: IpAddr, local_port: u16
     out.extend_from_slice(ip);
     out.extend_from_slice(b"\r\nx-real-ip: ");
     out.extend_from_slice(ip);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-port: ");
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(if tls { "https" } else { "http" }.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-port: ");
     out.extend_from_slice(itoa::Buffer::new().format(local_port).as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-host: ");
     out.extend_from_slice(head.host.as_bytes());
@@ -249,7 +251,7 @@ mod tests {
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let head = parse(input.as_bytes(), &mut storage, MAX_HEADERS).expect("taken");
         let mut out = Vec::new();
-        write_upstream_head(&head, peer.parse().unwrap(), 8080, &mut out);
+        write_upstream_head(&head, peer.parse().unwrap(), 8080, false, &mut out);
         String::from_utf8(out).unwrap()
     }
 

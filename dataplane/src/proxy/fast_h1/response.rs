@@ -7,6 +7,12 @@
 //! does. A chunked body is re-encoded canonically: chunk extensions and
 //! trailer fields are dropped (a recipient may discard trailers, RFC 9110
 //! §6.5.1), so nothing the upstream frames oddly reaches the client as is.
+//! A body with a length gets a `Content-Length` written by the proxy from
+//! the length it checked, never the upstream's field copied. As hyper's
+//! client, it refuses (502) what it cannot frame with certainty: a status
+//! below 100, conflicting lengths, `Transfer-Encoding` in an HTTP/1.0
+//! response, a malformed chunk-size line (strictly per RFC 9112 §7.1, as the
+//! listener's audit checks clients' chunks).
 
 /// Header fields parsed at most in a response head (more: 502).
 const MAX_HEADERS: usize = 100;
@@ -30,6 +36,8 @@ pub(super) struct ResponseHead {
     pub framing: Framing,
     /// The upstream keeps the connection open after this response.
     pub reusable: bool,
+    /// The upstream sent a `Date`.
+    pub has_date: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -46,10 +54,18 @@ pub(super) enum Parsed {
     Complete(ResponseHead),
 }
 
+/// What the proxy adds to a response head, whatever the upstream said.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Additions<'a> {
+    /// `Strict-Transport-Security`, unless the upstream set one.
+    pub hsts: Option<&'a [u8]>,
+}
+
 /// Parses the response head at the start of `input`; when complete, the
-/// head for the client is appended to `out` (`close`: it says the
-/// connection closes after it).
-pub(super) fn parse(input: &[u8], head_request: bool, close: bool, out: &mut Vec<u8>) -> Parsed {
+/// head for the client is appended to `out` but for its end, which
+/// [`finish_head`] writes once the proxy knows whether the connection
+/// closes after it.
+pub(super) fn parse(input: &[u8], head_request: bool, add: Additions<'_>, out: &mut Vec<u8>) -> Parsed {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
     let len = match resp.parse(input) {
@@ -59,6 +75,7 @@ pub(super) fn parse(input: &[u8], head_request: bool, close: bool, out: &mut Vec
     };
     let (Some(status), Some(version)) = (resp.code, resp.version) else { return Parsed::Invalid };
     match status {
+        0..=99 => return Parsed::Invalid,
         101 => return Parsed::Switching,
         100..=199 => return Parsed::Interim(len),
         _ => {}
@@ -68,6 +85,7 @@ pub(super) fn parse(input: &[u8], head_request: bool, close: bool, out: &mut Vec
     let mut chunked = false;
     let mut coded = false;
     let mut upstream_close = version == 0;
+    let (mut has_hsts, mut has_date) = (false, false);
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let Some(n) = parse_length(h.value) else { return Parsed::Invalid };
@@ -80,6 +98,10 @@ pub(super) fn parse(input: &[u8], head_request: bool, close: bool, out: &mut Vec
             // The final coding decides: chunked, or the body runs to the close.
             chunked =
                 h.value.rsplit(|&b| b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("strict-transport-security") {
+            has_hsts = true;
+        } else if h.name.eq_ignore_ascii_case("date") {
+            has_date = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -91,6 +113,10 @@ pub(super) fn parse(input: &[u8], head_request: bool, close: bool, out: &mut Vec
             }
         }
     }
+    // RFC 9112 §6.1: an HTTP/1.0 message with a transfer coding is faulty.
+    if coded && version == 0 {
+        return Parsed::Invalid;
+    }
     let framing = if head_request || status == 204 || status == 304 {
         Framing::Length(0)
     } else if coded {
@@ -98,8 +124,6 @@ pub(super) fn parse(input: &[u8], head_request: bool, close: bool, out: &mut Vec
     } else {
         length.map_or(Framing::UntilClose, Framing::Length)
     };
-    // A body with a length, or none, and no other framing field.
-    let forward_length = !coded || matches!(framing, Framing::Length(_));
 
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
@@ -110,7 +134,7 @@ pub(super) fn parse(input: &[u8], head_request: bool, close: bool, out: &mut Vec
     for h in headers {
         let name = h.name;
         let skip = is_hop_by_hop(name)
-            || (name.eq_ignore_ascii_case("content-length") && !forward_length)
+            || name.eq_ignore_ascii_case("content-length")
             || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
         if !skip {
             out.extend_from_slice(name.as_bytes());
@@ -119,15 +143,41 @@ pub(super) fn parse(input: &[u8], head_request: bool, close: bool, out: &mut Vec
             out.extend_from_slice(b"\r\n");
         }
     }
-    if framing == Framing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // The length checked above (a HEAD or 304 answer's is the one the
+        // upstream declared for the full response); 204 has none.
+        Framing::Length(_) if status != 204 && !coded => {
+            if let Some(n) = length {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Framing::Length(_) | Framing::UntilClose => {}
     }
-    if close || framing == Framing::UntilClose {
+    if let Some(hsts) = add.hsts.filter(|_| !has_hsts) {
+        out.extend_from_slice(b"strict-transport-security: ");
+        out.extend_from_slice(hsts);
+        out.extend_from_slice(b"\r\n");
+    }
+    let reusable = !upstream_close && framing != Framing::UntilClose;
+    Parsed::Complete(ResponseHead { len, status, framing, reusable, has_date })
+}
+
+/// Ends a head [`parse`] wrote: `Date` when the upstream sent none (RFC
+/// 9110 §6.6.1), `Connection: close` when the connection closes after
+/// this response (always, for a body that runs to the upstream's close).
+pub(super) fn finish_head(out: &mut Vec<u8>, head: &ResponseHead, close: bool) {
+    if !head.has_date {
+        out.extend_from_slice(b"date: ");
+        super::date::now(|date| out.extend_from_slice(date));
+        out.extend_from_slice(b"\r\n");
+    }
+    if close || head.framing == Framing::UntilClose {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let reusable = !upstream_close && framing != Framing::UntilClose;
-    Parsed::Complete(ResponseHead { len, status, framing, reusable })
 }
 
 /// Digits only (a list, even of equal values, is refused).
@@ -211,20 +261,22 @@ impl Chunked {
             let rest = &input[pos..];
             match self.state {
                 ChunkState::Done => return Ok(pos),
-                ChunkState::Size => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Complete((used, 0))) => {
-                        pos += used;
+                ChunkState::Size => {
+                    let Some(lf) = memchr::memchr(b'\n', rest) else {
+                        return if rest.len() < MAX_CHUNK_LINE { Ok(pos) } else { Err(BadChunk) };
+                    };
+                    // CRLF only; the line checked as clients' chunks are.
+                    let line = rest[..lf].strip_suffix(b"\r").ok_or(BadChunk)?;
+                    let size = crate::listener::audit::chunk_size(line).map_err(|_| BadChunk)?;
+                    pos += lf + 1;
+                    if size == 0 {
                         self.state = ChunkState::Trailers;
-                    }
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        pos += used;
+                    } else {
                         write_hex(size, out);
                         out.extend_from_slice(b"\r\n");
                         self.state = ChunkState::Data(size);
                     }
-                    Ok(httparse::Status::Partial) if rest.len() < MAX_CHUNK_LINE => return Ok(pos),
-                    Ok(httparse::Status::Partial) | Err(_) => return Err(BadChunk),
-                },
+                }
                 ChunkState::Data(left) => {
                     if rest.is_empty() {
                         return Ok(pos);
@@ -285,10 +337,18 @@ fn write_hex(mut n: u64, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// The parse, and the head written (its `date:` line, when the proxy
+    /// added one, replaced by `date: *`).
     fn head(input: &str, head_request: bool, close: bool) -> (Parsed, String) {
         let mut out = Vec::new();
-        let parsed = parse(input.as_bytes(), head_request, close, &mut out);
-        (parsed, String::from_utf8(out).unwrap())
+        let parsed = parse(input.as_bytes(), head_request, Additions::default(), &mut out);
+        if let Parsed::Complete(h) = &parsed {
+            finish_head(&mut out, h, close);
+        }
+        let text = String::from_utf8(out).unwrap();
+        let text =
+            text.split_inclusive("\r\n").map(|l| if l.starts_with("date: ") { "date: *\r\n" } else { l }).collect();
+        (parsed, text)
     }
 
     fn complete(input: &str) -> (ResponseHead, String) {
@@ -302,23 +362,26 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let (h, out) = complete("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\nhello");
         assert_eq!((h.status, h.framing, h.reusable, h.len), (200, Framing::Length(5), true, 44));
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\n");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nX: y\r\ncontent-length: 5\r\ndate: *\r\n\r\n");
         let (h, out) = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n");
         assert_eq!(h.framing, Framing::Chunked, "Transfer-Encoding wins");
-        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
-        let (h, out) = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: *\r\n\r\n");
+        let (h, out) = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nDate: d\r\n\r\n");
         assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nDate: d\r\nconnection: close\r\n\r\n", "the upstream's Date kept");
         let (h, _) = complete("HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!((h.framing, h.reusable), (Framing::UntilClose, false));
-        for no_body in ["HTTP/1.1 204 No Content\r\n\r\n", "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"] {
-            assert_eq!(complete(no_body).0.framing, Framing::Length(0), "{no_body:?}");
-        }
+        let (h, out) = complete("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(0));
+        assert!(!out.contains("content-length"), "204 has no length: {out}");
+        let (h, out) = complete("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(0));
+        assert!(out.contains("content-length: 7\r\n"), "{out}");
         let (Parsed::Complete(h), out) = head("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", true, false) else {
             panic!()
         };
         assert_eq!(h.framing, Framing::Length(0), "a HEAD response has no body");
-        assert!(out.contains("Content-Length: 7\r\n"), "its length is passed on");
+        assert!(out.contains("content-length: 7\r\n"), "its length is passed on: {out}");
     }
 
     #[test]
@@ -331,12 +394,25 @@ mod tests {
     #[test]
     fn hop_by_hop_fields_and_those_named_are_removed() {
         let (_, out) = complete(
-            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
-             Upgrade: h2c\r\nTrailer: x\r\nProxy-Connection: x\r\nSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret, Content-Length\r\nX-Secret: 1\r\n\
+             Keep-Alive: timeout=5\r\nUpgrade: h2c\r\nTrailer: x\r\nProxy-Connection: x\r\nSet-Cookie: a=b\r\n\
+             Content-Length: 2\r\nDate: d\r\n\r\nok",
         );
-        assert_eq!(out, "HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n");
-        let (_, out) = head("HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n", false, true);
-        assert_eq!(out, "HTTP/1.1 404 \r\nContent-Length: 0\r\nconnection: close\r\n\r\n");
+        // The length is the proxy's own, even when Connection names it.
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nDate: d\r\ncontent-length: 2\r\n\r\n");
+        let (_, out) = head("HTTP/1.1 404 \r\nContent-Length: 0\r\nDate: d\r\n\r\n", false, true);
+        assert_eq!(out, "HTTP/1.1 404 \r\nDate: d\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    }
+
+    #[test]
+    fn hsts_is_added_unless_the_upstream_set_it() {
+        let add = Additions { hsts: Some(b"max-age=60") };
+        let mut out = Vec::new();
+        parse(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, add, &mut out);
+        assert!(String::from_utf8_lossy(&out).ends_with("strict-transport-security: max-age=60\r\n"));
+        out.clear();
+        parse(b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=1\r\n\r\n", false, add, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out).matches("max-age").count(), 1, "the upstream's kept");
     }
 
     #[test]
@@ -348,12 +424,16 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 099 Low\r\n\r\n",
+            "HTTP/1.1 000 Zero\r\n\r\n",
             "SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert_eq!(head(bad, false, false).0, Parsed::Invalid, "{bad:?}");
         }
-        let (h, _) = complete("HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n");
+        let (h, out) = complete("HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(5), "the same length twice");
+        assert_eq!(out.matches("content-length").count(), 1, "written once: {out}");
     }
 
     fn decode(pieces: &[&str]) -> Result<(String, bool), BadChunk> {
@@ -382,6 +462,10 @@ mod tests {
     #[test]
     fn broken_chunked_framing_is_refused() {
         assert_eq!(decode(&["5\r\nhelloXX"]), Err(BadChunk));
+        assert_eq!(decode(&["\r\n"]), Err(BadChunk), "no size digits");
+        assert_eq!(decode(&[";x\r\n"]), Err(BadChunk), "no size digits");
+        assert_eq!(decode(&["5\nhello\r\n"]), Err(BadChunk), "bare LF");
+        assert_eq!(decode(&["5;a\nb\r\nhello\r\n"]), Err(BadChunk), "LF in an extension");
         assert_eq!(decode(&["zz\r\n"]), Err(BadChunk));
         assert_eq!(decode(&[&"1".repeat(MAX_CHUNK_LINE + 1)]), Err(BadChunk));
         assert_eq!(decode(&["ffffffffffffffffff\r\n"]), Err(BadChunk));
