@@ -6,6 +6,8 @@
 #   bash tests/bench/instructions.sh [BINARY]
 #   KEEP=DIR bash tests/bench/instructions.sh   # keeps the callgrind files
 #                                               # (callgrind_annotate them)
+#   CLOSE=1 bash tests/bench/instructions.sh    # a new connection per request
+#                                               # (S2's pattern)
 #
 # Each proxy runs under callgrind in front of `switchyard echo` and serves
 # two h2load runs of keep-alive HTTP/1.1 requests (32 connections, GET
@@ -99,7 +101,9 @@ EOF
     done
     [ "$up" = 1 ] || { echo "instructions.sh: $target did not start; log:" >&2; cat "$WORK/$target.log" >&2; exit 1; }
     local done
-    done=$(h2load --h1 -n "$n" -c 32 -H ':authority: bench.local' "http://127.0.0.1:$port/bytes/64" |
+    local close=()
+    if [ -n "${CLOSE:-}" ]; then close=(-H 'connection: close'); fi
+    done=$(h2load --h1 -n "$n" -c 32 -H ':authority: bench.local' "${close[@]}" "http://127.0.0.1:$port/bytes/64" |
         awk '/^requests:/ {print $8}')
     [ "$done" = "$n" ] || { echo "instructions.sh: $target answered $done of $n requests with 2xx" >&2; exit 1; }
     if [ "$target" = switchyard ]; then kill -INT "$pid"; else kill -QUIT "$pid"; fi

@@ -168,6 +168,15 @@ impl Audit {
     /// Reads head bytes up to the end of the head; returns how many were
     /// used and what is wrong with the head, once complete.
     fn feed_head(&mut self, bytes: &[u8]) -> (usize, Option<Rejection>) {
+        // The common case: a whole head in one read is checked where it
+        // lies, without copying it line by line (a new connection's copy
+        // grew its buffer four times).
+        if self.line.is_empty()
+            && let Some((start, end)) = whole_head(bytes)
+        {
+            self.line_start = 0;
+            return (end, self.check_head(&bytes[start..end]));
+        }
         let mut used = 0;
         while used < bytes.len() {
             let rest = &bytes[used..];
@@ -393,6 +402,25 @@ fn trim_ows(s: &[u8]) -> &[u8] {
     &s[..s.len() - n]
 }
 
+/// A complete head at the start of `bytes`, after the empty lines that may
+/// precede a request line (RFC 9112 §2.2): where it starts, and where it
+/// ends (after its empty line), as `feed_head` would have collected it.
+fn whole_head(bytes: &[u8]) -> Option<(usize, usize)> {
+    let (mut start, mut pos) = (0, 0);
+    loop {
+        let lf = pos + memchr::memchr(b'\n', &bytes[pos..])?;
+        let line_start = pos;
+        pos = lf + 1;
+        if trim_eol(&bytes[line_start..pos]).is_empty() {
+            if line_start == start {
+                start = pos;
+                continue;
+            }
+            return Some((start, pos));
+        }
+    }
+}
+
 fn trim_eol(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
@@ -450,6 +478,42 @@ mod tests {
         let (rejection, cut) = audit(long).1.body.unwrap();
         assert_eq!(rejection.reason, "chunk data longer than its size");
         assert_eq!(&long[..cut], b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe");
+    }
+
+    /// A head read whole is checked where it lies (`whole_head`); one that
+    /// arrives in pieces is collected first. Both must find the same.
+    #[test]
+    fn whole_and_piecewise_heads_agree() {
+        let limits = HeadLimits { max_request_line: 30, max_header_bytes: 60 };
+        let cases: [&[u8]; 10] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x\r\nhello\r\n0\r\n\r\n",
+            b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiGET / HTTP/1.1\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+        ];
+        for bytes in cases {
+            let mut whole = Audit::new(limits);
+            let found = whole.feed(bytes);
+            let mut piecewise = Audit::new(limits);
+            let mut pieces = Findings::default();
+            for b in bytes {
+                let f = piecewise.feed(std::slice::from_ref(b));
+                pieces.head = pieces.head.or(f.head);
+                pieces.body = pieces.body.or(f.body);
+            }
+            let text = String::from_utf8_lossy(bytes);
+            assert_eq!(found.head, pieces.head, "{text:?}");
+            assert_eq!(found.body.is_some(), pieces.body.is_some(), "{text:?}");
+            assert_eq!(whole.phase, piecewise.phase, "{text:?}");
+            assert_eq!(whole.in_head(), piecewise.in_head(), "{text:?}");
+            assert_eq!(whole.between_messages(), piecewise.between_messages(), "{text:?}");
+        }
     }
 
     #[test]

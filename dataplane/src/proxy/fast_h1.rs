@@ -353,9 +353,6 @@ async fn copy_body<IO>(
 where
     IO: AsyncWrite + Unpin,
 {
-    if let Framing::Length(len) = head.framing {
-        read_ready(&upstream, buf, usize::try_from(len).unwrap_or(usize::MAX).saturating_add(head.len));
-    }
     let first = &buf[head.len..];
     let mut reusable = head.reusable;
     match head.framing {
@@ -433,25 +430,6 @@ where
         }
     }
     Copied::Whole(reusable.then_some(upstream))
-}
-
-/// Reads what the upstream has already sent, without waiting, until `buf`
-/// holds `want` bytes or [`BODY_BUFFER`] more than now: the head and as
-/// much of the body as is there then go to the client in one write. A
-/// read that fills its buffer leaves the socket marked readable, so this
-/// costs a system call only when more is likely there.
-fn read_ready(upstream: &TcpStream, buf: &mut Vec<u8>, want: usize) {
-    if buf.len() >= want {
-        return;
-    }
-    buf.reserve((want - buf.len()).min(BODY_BUFFER));
-    while buf.len() < want && buf.len() < buf.capacity() {
-        match upstream.try_read_buf(buf) {
-            Ok(n) if n > 0 => {}
-            // The end, an error or nothing yet: the reads that follow see it.
-            _ => break,
-        }
-    }
 }
 
 /// A local answer, as `local_response` makes it for hyper's path (no body
