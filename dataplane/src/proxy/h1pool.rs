@@ -6,16 +6,13 @@
 //!
 //! Connections are kept per endpoint address, shared by every worker
 //! thread, and handed out most recently used first (so that surplus ones
-//! age out). A connection goes back to the pool when its response body has
+//! age out; see `super::idle`). A connection goes back to the pool when its response body has
 //! been read to the end; one whose body was abandoned is closed, as HTTP/1
 //! cannot resume it. A request that never left a stale pooled connection
 //! is sent again on another one.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -24,9 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::UpstreamBody;
-
-/// Idle connections kept per endpoint at most; more are closed.
-const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+use super::idle::{IdleConnections, Reusable, WeakIdle};
 
 /// Why a request could not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,38 +35,27 @@ pub(super) enum SendError {
 /// See the module documentation.
 #[derive(Clone, Debug)]
 pub(super) struct H1Pool {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
     connect_timeout: Duration,
-    idle_timeout: Duration,
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
-    /// Whether the task that closes expired idle connections runs.
-    reaper: AtomicBool,
+    idle: IdleConnections<Sender>,
 }
 
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H1Pool")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("idle_timeout", &self.idle_timeout)
-            .finish_non_exhaustive()
+type Sender = SendRequest<UpstreamBody>;
+
+/// Only connections ready for a request are kept; one that is not ready
+/// any more is closing.
+impl Reusable for Sender {
+    fn reusable(&self) -> bool {
+        self.is_ready()
     }
-}
-
-struct Idle {
-    sender: SendRequest<UpstreamBody>,
-    since: Instant,
 }
 
 /// A connection lent to one request: it goes back to the pool by
 /// [`Lent::release`] once the response body has ended; dropped otherwise,
 /// which closes it.
 pub(crate) struct Lent {
-    pool: Weak<Inner>,
+    pool: WeakIdle<Sender>,
     addr: SocketAddr,
-    sender: SendRequest<UpstreamBody>,
+    sender: Sender,
 }
 
 impl std::fmt::Debug for Lent {
@@ -110,13 +94,7 @@ impl Lent {
 
 impl H1Pool {
     pub(super) fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        let inner = Inner {
-            connect_timeout,
-            idle_timeout,
-            idle: Mutex::new(HashMap::default()),
-            reaper: AtomicBool::new(false),
-        };
-        Self { inner: Arc::new(inner) }
+        Self { connect_timeout, idle: IdleConnections::new(idle_timeout) }
     }
 
     /// Sends `req` (origin-form URI, Host set) to `addr` on a pooled
@@ -126,7 +104,7 @@ impl H1Pool {
         addr: SocketAddr,
         mut req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Lent), SendError> {
-        while let Some(mut sender) = self.inner.take(addr) {
+        while let Some(mut sender) = self.idle.take(addr) {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, self.lend(addr, sender))),
                 Err(mut err) => match err.take_message() {
@@ -145,19 +123,19 @@ impl H1Pool {
         }
     }
 
-    fn lend(&self, addr: SocketAddr, sender: SendRequest<UpstreamBody>) -> Lent {
-        Lent { pool: Arc::downgrade(&self.inner), addr, sender }
+    fn lend(&self, addr: SocketAddr, sender: Sender) -> Lent {
+        Lent { pool: self.idle.downgrade(), addr, sender }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, SendError> {
-        let stream = match tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr)).await {
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, SendError> {
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
                 tracing::debug!(%addr, error = %err, "upstream connect failed");
                 return Err(SendError::Connect);
             }
             Err(_elapsed) => {
-                tracing::debug!(%addr, timeout = ?self.inner.connect_timeout, "upstream connect timed out");
+                tracing::debug!(%addr, timeout = ?self.connect_timeout, "upstream connect timed out");
                 return Err(SendError::Connect);
             }
         };
@@ -179,70 +157,7 @@ impl H1Pool {
     /// Idle connections held for `addr` (tests).
     #[cfg(test)]
     fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.inner.lock().get(&addr).map_or(0, Vec::len)
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The most recently used live connection to `addr`, if any.
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
-        let mut idle = self.lock();
-        let list = idle.get_mut(&addr)?;
-        let now = Instant::now();
-        // Only connections ready for a request go in; one that is not
-        // ready any more is closing.
-        let found = std::iter::from_fn(|| list.pop())
-            .find(|c| c.sender.is_ready() && now.duration_since(c.since) < self.idle_timeout)
-            .map(|c| c.sender);
-        if list.is_empty() {
-            idle.remove(&addr);
-        }
-        found
-    }
-
-    fn put(self: Arc<Self>, addr: SocketAddr, sender: SendRequest<UpstreamBody>) {
-        if !sender.is_ready() {
-            return;
-        }
-        {
-            let mut idle = self.lock();
-            let list = idle.entry(addr).or_default();
-            if list.len() >= MAX_IDLE_PER_ENDPOINT {
-                return;
-            }
-            list.push(Idle { sender, since: Instant::now() });
-        }
-        if !self.reaper.swap(true, Ordering::Relaxed) {
-            Self::start_reaper(&self);
-        }
-    }
-
-    /// Closes expired and closed idle connections now and then, for as
-    /// long as the pool exists.
-    fn start_reaper(this: &Arc<Self>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            this.reaper.store(false, Ordering::Relaxed);
-            return;
-        };
-        let weak = Arc::downgrade(this);
-        let period = (this.idle_timeout / 2).max(Duration::from_millis(100));
-        runtime.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(pool) = weak.upgrade() else { return };
-                let now = Instant::now();
-                pool.lock().retain(|_, list| {
-                    list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < pool.idle_timeout);
-                    !list.is_empty()
-                });
-            }
-        });
+        self.idle.count(addr)
     }
 }
 
@@ -254,6 +169,9 @@ mod tests {
     use http_body_util::{BodyExt, Either, Empty};
     use hyper::service::service_fn;
     use tokio::net::TcpListener;
+
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     use super::*;
 

@@ -14,6 +14,7 @@ mod fast_h1;
 mod h1pool;
 mod hash_key;
 mod headers;
+mod idle;
 mod local;
 mod raw_pool;
 mod upgrade;
