@@ -151,6 +151,13 @@ pub struct DataplaneArgs {
     /// configured, are served by hyper as before. `false` turns it off.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub h1_fast_path: bool,
+    /// On the fast path, move the rest of a response body of 16 KiB or more
+    /// with a known length from the backend to a cleartext client with
+    /// splice(2), inside the kernel, instead of copying it through the
+    /// proxy (counted in `switchyard_spliced_body_bytes_total`). `false`
+    /// copies every body.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub splice_bodies: bool,
 }
 
 /// Flags that decide which Ingresses are ours.

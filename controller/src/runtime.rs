@@ -137,6 +137,7 @@ impl Dataplane {
             hsts: self.hsts()?,
             upstream_tls: self.upstream_tls()?,
             fast_h1: self.args.h1_fast_path,
+            splice_bodies: self.args.splice_bodies,
             ..ProxyConfig::default()
         };
         let listener_config = ListenerConfig {

@@ -54,6 +54,10 @@ pub struct Metrics {
     /// HTTP/1.1 fast path (see `proxy::fast_h1`); the others
     /// went through hyper.
     pub h1_fast_path_requests: prometheus::IntCounter,
+    /// `switchyard_spliced_body_bytes_total`: response body bytes the fast
+    /// path moved from upstream to client inside the kernel (`splice`),
+    /// never copied through the proxy's memory.
+    pub spliced_body_bytes: prometheus::IntCounter,
     /// `switchyard_tls_handshakes_total{sni,result}`: `sni` is the served
     /// host the SNI matched (`default` otherwise: bounded), `result` is
     /// `ok` or `error`.
@@ -181,6 +185,11 @@ impl Metrics {
             "Requests answered on the HTTP/1.1 fast path (plain GET and HEAD to cleartext HTTP/1.1 backends).",
         )
         .expect("valid metric");
+        let spliced_body_bytes = prometheus::IntCounter::new(
+            "switchyard_spliced_body_bytes_total",
+            "Response body bytes moved from upstream to a cleartext client inside the kernel (splice) on the HTTP/1.1 fast path.",
+        )
+        .expect("valid metric");
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "switchyard_tls_handshakes_total",
@@ -254,6 +263,7 @@ impl Metrics {
             Box::new(access_log_dropped.clone()),
             Box::new(connections_released.clone()),
             Box::new(h1_fast_path_requests.clone()),
+            Box::new(spliced_body_bytes.clone()),
             Box::new(tcp_connections.clone()),
             Box::new(tcp_active.clone()),
             Box::new(tcp_received_bytes.clone()),
@@ -282,6 +292,7 @@ impl Metrics {
             access_log_dropped,
             connections_released,
             h1_fast_path_requests,
+            spliced_body_bytes,
             tcp_connections,
             tcp_active,
             tcp_received_bytes,

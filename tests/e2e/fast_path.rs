@@ -24,6 +24,11 @@ const NS: &str = "fast";
 const FAST: &str = "switchyard_h1_fast_path_requests_total";
 /// The body of `/big`: larger than any single read of the proxy.
 const BIG: usize = 300_000;
+/// The body of `/huge`: more than the proxy's socket buffers can take.
+const HUGE: usize = 8 << 20;
+/// `/cut` says this length and sends half of it before closing.
+const CUT: usize = 100_000;
+const SPLICED: &str = "switchyard_spliced_body_bytes_total";
 
 /// A backend that answers each request by its target (see `answer`),
 /// counting connections and keeping every request head it read.
@@ -124,11 +129,17 @@ fn answer(head: &str) -> (Vec<u8>, bool) {
         ),
         "/until-close" => (fixed("HTTP/1.1 200 OK\r\nX-Framing: none\r\n\r\nstreamed to the close"), true),
         "/no-content" => (fixed("HTTP/1.1 204 No Content\r\n\r\n"), false),
-        "/big" => {
-            let body: Vec<u8> = (0..BIG).map(|i| b'a' + (i % 26) as u8).collect();
-            let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
+        "/big" | "/huge" => {
+            let len = if target == "/big" { BIG } else { HUGE };
+            let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
             answer.extend_from_slice(&body);
             (answer, false)
+        }
+        "/cut" => {
+            let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {CUT}\r\n\r\n").into_bytes();
+            answer.extend(std::iter::repeat_n(b'c', CUT / 2));
+            (answer, true)
         }
         "/hop" => (
             fixed(
@@ -370,6 +381,74 @@ async fn upstream_failures_are_answered_as_on_hyper_s_path() {
     assert_eq!(both.matches("HTTP/1.1 502 Bad Gateway\r\n").count(), 2, "{both:?}");
     assert_eq!(both.matches("502 Bad Gateway: upstream connect error").count(), 1, "one body: {both:?}");
     assert!(both.ends_with("upstream connect error\n"), "{both:?}");
+}
+
+fn assert_big(resp: &support::raw::RawResponse, what: &str) {
+    assert_eq!(resp.status, 200, "{what}");
+    assert_eq!(resp.body.len(), BIG, "{what}: the whole body");
+    assert!(resp.body.iter().enumerate().all(|(i, &b)| b == b'a' + (i % 26) as u8), "{what}: the body is intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_bodies_are_spliced_to_cleartext_clients() {
+    let backend = Scripted::start().await;
+    let proxy = start(&backend, &[]).await;
+    let spliced = || async { metric(proxy.admin, SPLICED).await.expect("the splice counter is exported") };
+    let before = spliced().await;
+    let mut client = RawClient::connect(proxy.http).await;
+    for i in 0..3 {
+        client.send(&get_bytes("/big")).await;
+        assert_big(&client.response().await.expect("big response"), &format!("request {i}"));
+    }
+    // The part read with the head is copied (a few KiB), the rest moved in
+    // the kernel; exactly the body, so the upstream connection stayed in
+    // step and served all three.
+    let moved = spliced().await - before;
+    assert!(moved >= 3.0 * (BIG - 16 * 1024) as f64 && moved <= 3.0 * BIG as f64, "spliced {moved} bytes");
+    assert_eq!(backend.accepted(), 1, "one upstream connection for the three");
+    client.send(&get_bytes("/small")).await;
+    assert_eq!(client.response().await.expect("answered").body_text(), "GET /small");
+
+    // A client with a small receive window that reads late, a body larger
+    // than the socket buffers between: the proxy waits for the client to
+    // drain, the body still arrives whole.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(proxy.http).await.unwrap();
+    slow.write_all(&get_bytes("/huge")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut all = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let total = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk)).await.expect("more body").unwrap();
+        assert!(n > 0, "closed after {} bytes", all.len());
+        all.extend_from_slice(&chunk[..n]);
+        if let Some(end) = all[..all.len().min(4096)].windows(4).position(|w| w == b"\r\n\r\n")
+            && all.len() >= end + 4 + HUGE
+        {
+            break end + 4 + HUGE;
+        }
+    };
+    assert_eq!(all.len(), total, "nothing after the body");
+    let body = &all[total - HUGE..];
+    assert!(body.iter().enumerate().all(|(i, &b)| b == b'a' + (i % 26) as u8), "the slow client's body is intact");
+
+    // An upstream that closes mid-body: the client gets what there was and
+    // a closed connection (never a short body on a live connection), and
+    // the truncation is counted.
+    let cut = read_to_close(proxy.http, &get_bytes("/cut")).await;
+    let (head, body) = cut.split_once("\r\n\r\n").expect("the head was sent");
+    assert!(head.to_ascii_lowercase().contains(&format!("content-length: {CUT}")), "{head}");
+    assert!(body.len() < CUT && body.bytes().all(|b| b == b'c'), "{} bytes of the body", body.len());
+    let truncated = "switchyard_upstream_errors_total{kind=\"truncated\"}";
+    assert!(metric(proxy.admin, truncated).await.unwrap_or(0.0) >= 1.0, "the truncation is counted");
+
+    // Turned off: the same bodies, copied.
+    let copying = start(&backend, &["--splice-bodies=false"]).await;
+    let mut client = RawClient::connect(copying.http).await;
+    client.send(&get_bytes("/big")).await;
+    assert_big(&client.response().await.expect("big response"), "copied");
+    assert_eq!(metric(copying.admin, SPLICED).await, Some(0.0), "spliced with --splice-bodies=false");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

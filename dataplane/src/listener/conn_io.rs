@@ -137,17 +137,27 @@ impl<S> AuditedIo<S> {
 pub trait Parkable {
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
+    /// The TCP socket, if what is written to the stream goes to it as it is.
+    fn plain(&self) -> Option<&TcpStream>;
 }
 
 impl Parkable for TcpStream {
     fn tcp(&self) -> &TcpStream {
         self
     }
+
+    fn plain(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
 }
 
 impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
+    }
+
+    fn plain(&self) -> Option<&TcpStream> {
+        None
     }
 }
 
@@ -164,6 +174,16 @@ impl<S: Parkable + AsyncWrite + Unpin> crate::proxy::ClientIo for AuditedIo<S> {
             Poll::Ready(Ok(_)) => Poll::Ready(false),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Writes pass straight through (see `poll_write`): a cleartext
+    /// stream's socket can take spliced bytes.
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        self.stream.plain()
+    }
+
+    fn touch(&mut self) {
+        self.last_activity = Instant::now();
     }
 }
 

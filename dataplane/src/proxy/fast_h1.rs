@@ -12,7 +12,8 @@
 //! hop-by-hop fields removed and `X-Forwarded-*` set, on a bare pooled
 //! socket ([`RawPool`]); the response head is rewritten the same way and
 //! its body copied through, framed by its length, chunked coding
-//! (re-encoded) or the upstream's close.
+//! (re-encoded) or the upstream's close. A long body with a length goes
+//! to a cleartext client without being copied (`super::splice`).
 //!
 //! What the fast path takes, it answers as hyper's path would: the same
 //! routing, balancing, retries, passive health, in-flight counts, timeouts,
@@ -44,6 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::raw_pool::RawPool;
+use super::splice::{self, Spliced};
 use super::{ConnInfo, ForwardError, Proxy};
 use crate::balance::{Algorithm, hash_ip};
 use crate::snapshot::{Backend, HashOn, Snapshot, UpstreamProtocol};
@@ -52,8 +54,10 @@ use response::{Additions, Chunked, Framing, Parsed, ResponseHead};
 
 /// A response head larger than this is refused (502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// The upstream read buffer: room for a small response whole.
-const READ_BUFFER: usize = 8 * 1024;
+/// The upstream's first read: a head and a small response whole (nginx's
+/// `proxy_buffer_size` is a page too). The more it takes of a long body,
+/// the more of that body is copied rather than spliced.
+const READ_BUFFER: usize = 4 * 1024;
 /// The read buffer of a large body (fewer system calls per byte).
 const BODY_BUFFER: usize = 64 * 1024;
 
@@ -222,7 +226,8 @@ impl Proxy {
         let addr = endpoint.addr;
         // The snapshot is not held while the body streams.
         drop(snapshot);
-        let copied = copy_body(upstream, head, &mut buf, &mut out, client).await;
+        let spliced = self.config.splice_bodies.then_some(&self.metrics.spliced_body_bytes);
+        let copied = copy_body(upstream, head, &mut buf, &mut out, client, spliced).await;
         drop(guard);
         match copied {
             Copied::Whole(Some(upstream)) => pool.put(addr, upstream),
@@ -342,16 +347,19 @@ enum Copied {
 
 /// Writes the response head (in `out`) and the body to the client: the
 /// part already read with the head in one write, then the rest as it
-/// comes.
+/// comes. With `spliced` (the count of bytes moved so), the rest of a long
+/// body with a length goes from socket to socket inside the kernel when
+/// the client's connection is cleartext (see `super::splice`).
 async fn copy_body<IO>(
     mut upstream: TcpStream,
     head: ResponseHead,
     buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     client: &mut IO,
+    spliced: Option<&prometheus::IntCounter>,
 ) -> Copied
 where
-    IO: AsyncWrite + Unpin,
+    IO: ClientIo,
 {
     let first = &buf[head.len..];
     let mut reusable = head.reusable;
@@ -365,6 +373,19 @@ where
                 return Copied::ClientGone;
             }
             let mut left = len - take as u64;
+            if let (Some(counter), Some(tcp)) = (spliced.filter(|_| left >= splice::MIN_BODY), client.plain_tcp()) {
+                let outcome = splice::body(&upstream, tcp, left).await;
+                client.touch();
+                match outcome {
+                    Spliced::Whole => {
+                        counter.inc_by(left);
+                        left = 0;
+                    }
+                    Spliced::NotMoved => {}
+                    Spliced::UpstreamFailed => return Copied::UpstreamFailed,
+                    Spliced::ClientGone => return Copied::ClientGone,
+                }
+            }
             while left > 0 {
                 buf.clear();
                 buf.reserve(usize::try_from(left).unwrap_or(BODY_BUFFER).min(BODY_BUFFER));
@@ -483,6 +504,15 @@ pub(crate) trait ClientIo: AsyncWrite + Unpin {
     /// sent more bytes (a pipelined request, a TLS record), it is known to
     /// be there, and this stays pending.
     fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool>;
+
+    /// The client's socket when bytes written to it go out as they are
+    /// (cleartext, nothing buffered in between): a body may then be
+    /// spliced into it.
+    fn plain_tcp(&self) -> Option<&TcpStream>;
+
+    /// Notes activity on the connection that did not go through its
+    /// writer (a spliced body), for its idle timer.
+    fn touch(&mut self);
 }
 
 /// Resolves when the client has gone (see [`ClientIo::poll_gone`]).

@@ -17,6 +17,7 @@ mod headers;
 mod idle;
 mod local;
 mod raw_pool;
+mod splice;
 mod upgrade;
 mod upstream;
 
@@ -77,6 +78,10 @@ pub struct ProxyConfig {
     /// Serve plain HTTP/1.1 `GET`/`HEAD` requests to cleartext HTTP/1.1
     /// backends on the fast path (see `fast_h1`; `--h1-fast-path`).
     pub fast_h1: bool,
+    /// On the fast path, move long response bodies from the upstream to
+    /// cleartext clients with `splice(2)` (see `splice`;
+    /// `--splice-bodies`).
+    pub splice_bodies: bool,
 }
 
 /// The HSTS header value sent by default: one year, subdomains included.
@@ -97,6 +102,7 @@ impl Default for ProxyConfig {
             access_log: None,
             upstream_tls: None,
             fast_h1: true,
+            splice_bodies: true,
         }
     }
 }
