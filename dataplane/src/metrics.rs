@@ -4,7 +4,12 @@
 //! `host` is the host a route was *declared* for (never the raw Host header)
 //! and `service` is `namespace/name`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::{Arc, OnceLock};
+
+use http::StatusCode;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -305,5 +310,116 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// The series a backend's requests are counted in most often, looked up on
+/// first use and then kept beside the snapshot's backend: a request that
+/// ends in `200` increments its counters without hashing label values or
+/// taking the vectors' lock (three lookups per request otherwise). Other
+/// statuses, and a second host routed to the same backend, are looked up
+/// as before. A backend lives as long as its snapshot, so a series removed
+/// from the registry (an endpoint that left) is never cached by a snapshot
+/// that still has it.
+#[derive(Default)]
+pub struct BackendSeries {
+    /// `switchyard_request_duration_seconds{service}`.
+    duration: OnceLock<Histogram>,
+    /// `switchyard_requests_total{host,service,"200"}` for the first host.
+    ok: OnceLock<(Arc<str>, IntCounter)>,
+    /// `switchyard_upstream_requests_total{service,endpoint,"200"}`, one
+    /// per endpoint.
+    upstream_ok: Box<[OnceLock<IntCounter>]>,
+}
+
+impl std::fmt::Debug for BackendSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSeries").finish_non_exhaustive()
+    }
+}
+
+impl BackendSeries {
+    pub fn new(endpoints: usize) -> Self {
+        Self { upstream_ok: (0..endpoints).map(|_| OnceLock::new()).collect(), ..Self::default() }
+    }
+
+    /// Counts a request in `switchyard_requests_total`.
+    pub fn count_request(&self, metrics: &Metrics, host: &Arc<str>, service: &str, status: StatusCode) {
+        if status == StatusCode::OK {
+            let (cached, counter) =
+                self.ok.get_or_init(|| (host.clone(), metrics.requests.with_label_values(&[host, service, "200"])));
+            if cached == host {
+                counter.inc();
+                return;
+            }
+        }
+        metrics.requests.with_label_values(&[host, service, status.as_str()]).inc();
+    }
+
+    /// Counts a request to endpoint `index` (labelled `label`) in
+    /// `switchyard_upstream_requests_total`.
+    pub fn count_upstream(&self, metrics: &Metrics, service: &str, index: usize, label: &str, status: StatusCode) {
+        if status == StatusCode::OK
+            && let Some(cell) = self.upstream_ok.get(index)
+        {
+            cell.get_or_init(|| metrics.upstream_requests.with_label_values(&[service, label, "200"])).inc();
+            return;
+        }
+        metrics.upstream_requests.with_label_values(&[service, label, status.as_str()]).inc();
+    }
+
+    /// Records a request's duration in `switchyard_request_duration_seconds`.
+    pub fn observe_duration(&self, metrics: &Metrics, service: &str, elapsed: std::time::Duration) {
+        self.duration
+            .get_or_init(|| metrics.request_duration.with_label_values(&[service]))
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<String> {
+        text.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().to_string()))
+    }
+
+    #[test]
+    fn cached_series_count_in_the_same_series_as_lookups() {
+        let metrics = Metrics::new();
+        let series = BackendSeries::new(2);
+        let (a, b): (Arc<str>, Arc<str>) = ("a.test".into(), "b.test".into());
+        for _ in 0..3 {
+            series.count_request(&metrics, &a, "ns/web", StatusCode::OK);
+            series.count_upstream(&metrics, "ns/web", 1, "10.0.0.2:80", StatusCode::OK);
+        }
+        // A second host on the same backend, other statuses, and an index
+        // out of range are looked up, into the same families.
+        series.count_request(&metrics, &b, "ns/web", StatusCode::OK);
+        series.count_request(&metrics, &a, "ns/web", StatusCode::NOT_FOUND);
+        series.count_upstream(&metrics, "ns/web", 1, "10.0.0.2:80", StatusCode::BAD_GATEWAY);
+        series.count_upstream(&metrics, "ns/web", 7, "10.0.0.9:80", StatusCode::OK);
+        metrics.upstream_requests.with_label_values(&["ns/web", "10.0.0.2:80", "200"]).inc();
+        series.observe_duration(&metrics, "ns/web", std::time::Duration::from_millis(3));
+
+        let text = metrics.render();
+        let requests = |host: &str, code: &str| {
+            value(&text, &format!("switchyard_requests_total{{code=\"{code}\",host=\"{host}\",service=\"ns/web\"}}"))
+        };
+        assert_eq!(requests("a.test", "200").as_deref(), Some("3"), "{text}");
+        assert_eq!(requests("b.test", "200").as_deref(), Some("1"));
+        assert_eq!(requests("a.test", "404").as_deref(), Some("1"));
+        let upstream = |endpoint: &str, code: &str| {
+            value(
+                &text,
+                &format!(
+                    "switchyard_upstream_requests_total{{code=\"{code}\",endpoint=\"{endpoint}\",service=\"ns/web\"}}"
+                ),
+            )
+        };
+        assert_eq!(upstream("10.0.0.2:80", "200").as_deref(), Some("4"), "cached and looked up share the series");
+        assert_eq!(upstream("10.0.0.2:80", "502").as_deref(), Some("1"));
+        assert_eq!(upstream("10.0.0.9:80", "200").as_deref(), Some("1"));
+        assert_eq!(value(&text, "switchyard_request_duration_seconds_count{service=\"ns/web\"}").as_deref(), Some("1"));
     }
 }

@@ -186,6 +186,9 @@ pub struct Backend {
     /// Whether all of `health` is available, kept between requests.
     #[serde(skip)]
     availability: AvailabilitySummary,
+    /// The metric series its requests count in most, once looked up.
+    #[serde(skip)]
+    pub(crate) series: crate::metrics::BackendSeries,
 }
 
 /// The balancing part of a backend, as compiled from a BalancerPolicy.
@@ -284,6 +287,7 @@ impl Backend {
         let selector = Selector::build(balance.algorithm, &weighted);
         let pinned = endpoints.iter().enumerate().map(|(i, e)| (e.affinity_digest, i)).collect();
         let any_draining = endpoints.iter().any(|e| e.draining);
+        let endpoint_count = endpoints.len();
         Self {
             id: id.into(),
             service: service.into(),
@@ -297,6 +301,7 @@ impl Backend {
             loads: Box::default(),
             health: Box::default(),
             availability: AvailabilitySummary::default(),
+            series: crate::metrics::BackendSeries::new(endpoint_count),
         }
     }
 

@@ -210,7 +210,7 @@ impl Proxy {
                 self.record_outcome(backend, chosen, matches!(err, ForwardError::Connect | ForwardError::Upstream));
                 tracing::debug!(endpoint = %endpoint.addr, service = %backend.service, error = %err, "forward failed");
                 let status = err.status();
-                self.count_fast(&route_host, backend, &endpoint.label, status.as_str(), start);
+                self.count_fast(&route_host, backend, chosen, status, start.elapsed());
                 drop(guard);
                 let answer = LocalAnswer { status, detail: &err.to_string(), head_request, close, add };
                 return answer.write(client).await;
@@ -218,11 +218,12 @@ impl Proxy {
         };
         response::finish_head(&mut out, &head, close);
         self.record_outcome(backend, chosen, matches!(head.status, 502..=504));
+        let elapsed = start.elapsed();
         if let Some(load) = backend.load(chosen) {
-            load.observe_latency(start.elapsed());
+            load.observe_latency(elapsed);
         }
         let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        self.count_fast(&route_host, backend, &endpoint.label, status.as_str(), start);
+        self.count_fast(&route_host, backend, chosen, status, elapsed);
         let addr = endpoint.addr;
         // The snapshot is not held while the body streams.
         drop(snapshot);
@@ -242,12 +243,12 @@ impl Proxy {
     }
 
     /// The request's counts, as hyper's path makes them.
-    fn count_fast(&self, host: &str, backend: &Backend, endpoint: &str, status: &str, start: Instant) {
+    fn count_fast(&self, host: &Arc<str>, backend: &Backend, endpoint: usize, status: StatusCode, elapsed: Duration) {
         self.metrics.h1_fast_path_requests.inc();
-        let service = &*backend.service;
-        self.metrics.upstream_requests.with_label_values(&[service, endpoint, status]).inc();
-        self.metrics.requests.with_label_values(&[host, service, status]).inc();
-        self.metrics.request_duration.with_label_values(&[service]).observe(start.elapsed().as_secs_f64());
+        let (series, service) = (&backend.series, &*backend.service);
+        series.count_upstream(&self.metrics, service, endpoint, &backend.endpoints[endpoint].label, status);
+        series.count_request(&self.metrics, host, service, status);
+        series.observe_duration(&self.metrics, service, elapsed);
     }
 }
 

@@ -264,14 +264,8 @@ impl Proxy {
             {
                 response.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
             }
-            self.metrics
-                .requests
-                .with_label_values(&[&*route.host, &*backend.service, response.status().as_str()])
-                .inc();
-            self.metrics
-                .request_duration
-                .with_label_values(&[&*backend.service])
-                .observe(start.elapsed().as_secs_f64());
+            backend.series.count_request(&self.metrics, &route.host, &backend.service, response.status());
+            backend.series.observe_duration(&self.metrics, &backend.service, start.elapsed());
             response
         };
         Ok(log_entry.attach(response))
@@ -370,10 +364,7 @@ impl Proxy {
                 local_response(err.status(), &err.to_string())
             }
         };
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[&*backend.service, &endpoint.label, response.status().as_str()])
-            .inc();
+        backend.series.count_upstream(&self.metrics, &backend.service, chosen, &endpoint.label, response.status());
         if let Some(cookie) = affinity {
             let outcome = affinity::outcome(presented, endpoint.affinity_digest);
             entry.affinity(outcome.as_str());
