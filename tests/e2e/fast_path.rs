@@ -433,6 +433,21 @@ async fn long_bodies_are_spliced_to_cleartext_clients() {
     let body = &all[total - HUGE..];
     assert!(body.iter().enumerate().all(|(i, &b)| b == b'a' + (i % 26) as u8), "the slow client's body is intact");
 
+    // A client that leaves mid-body: the proxy stops and closes the
+    // upstream connection (it is out of step); the next request is served.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut leaving = socket.connect(proxy.http).await.unwrap();
+    leaving.write_all(&get_bytes("/huge")).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), leaving.read(&mut chunk)).await.expect("a first read").unwrap();
+    assert!(n > 0, "the response started");
+    drop(leaving);
+    let opened = backend.accepted();
+    let mut client = RawClient::connect(proxy.http).await;
+    client.send(&get_bytes("/after-leaving")).await;
+    assert_eq!(client.response().await.expect("answered").body_text(), "GET /after-leaving");
+    assert!(backend.accepted() > opened, "the connection of the abandoned body was reused");
+
     // An upstream that closes mid-body: the client gets what there was and
     // a closed connection (never a short body on a live connection), and
     // the truncation is counted.
