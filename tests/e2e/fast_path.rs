@@ -439,7 +439,8 @@ async fn long_bodies_are_spliced_to_cleartext_clients() {
     socket.set_recv_buffer_size(4096).unwrap();
     let mut leaving = socket.connect(proxy.http).await.unwrap();
     leaving.write_all(&get_bytes("/huge")).await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), leaving.read(&mut chunk)).await.expect("a first read").unwrap();
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), leaving.read(&mut chunk)).await.expect("a first read").unwrap();
     assert!(n > 0, "the response started");
     drop(leaving);
     let opened = backend.accepted();
