@@ -170,6 +170,10 @@ async fn each_request_leaves_one_json_line_with_its_facts() {
     assert!(ms >= 400.0, "duration covers the streamed body (3 intervals of 150 ms), not just its head: {ms}");
 
     assert_eq!(metric(proxy.admin, "switchyard_access_log_dropped_total").await, Some(0.0));
+    // The plain GETs above (/hello, /dead, /bytes, /sse) were answered on
+    // the HTTP/1.1 fast path, whose lines are checked above like the rest.
+    let fast = metric(proxy.admin, "switchyard_h1_fast_path_requests_total").await.unwrap_or(0.0);
+    assert!(fast >= 4.0, "{fast} requests on the fast path with the access log on");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,19 @@ impl AccessLog {
         client: impl FnOnce() -> IpAddr,
         start: Instant,
     ) -> Entry {
+        let request = RequestLine { method: req.method(), path: req.uri().path(), protocol: req.version() };
+        self.begin_parts(request, host, client, start)
+    }
+
+    /// [`begin`](Self::begin) for a request known by its parts (the fast
+    /// path parses no `Request`).
+    pub(super) fn begin_parts(
+        &self,
+        request: RequestLine<'_>,
+        host: Option<&str>,
+        client: impl FnOnce() -> IpAddr,
+        start: Instant,
+    ) -> Entry {
         if !self.sampled() {
             return Entry::default();
         }
@@ -120,9 +133,9 @@ impl AccessLog {
             start,
             client: client(),
             host: host.map(Box::from),
-            method: req.method().clone(),
-            path: req.uri().path().into(),
-            protocol: req.version(),
+            method: request.method.clone(),
+            path: request.path.into(),
+            protocol: request.protocol,
             status: CLIENT_CLOSED,
             bytes: 0,
             duration: Duration::ZERO,
@@ -141,6 +154,14 @@ impl AccessLog {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.shared.dropped.inc(),
         }
     }
+}
+
+/// What a line says of the request itself.
+pub(super) struct RequestLine<'a> {
+    pub method: &'a Method,
+    /// The path, without the query.
+    pub path: &'a str,
+    pub protocol: Version,
 }
 
 /// nginx's "client closed request": the client left before the response
@@ -201,6 +222,21 @@ impl Entry {
     pub(super) fn affinity(&mut self, outcome: &'static str) {
         if let Some(p) = &mut self.0 {
             p.record.affinity = Some(outcome);
+        }
+    }
+
+    /// The response's status (the fast path: no `Response` is built).
+    pub(super) fn status(&mut self, status: u16) {
+        if let Some(p) = &mut self.0 {
+            p.record.status = status;
+        }
+    }
+
+    /// Body bytes handed to the connection (the fast path); the line is
+    /// sent when the entry is dropped.
+    pub(super) fn body_bytes(&mut self, bytes: u64) {
+        if let Some(p) = &mut self.0 {
+            p.record.bytes += bytes;
         }
     }
 

@@ -17,11 +17,11 @@
 //!
 //! What the fast path takes, it answers as hyper's path would: the same
 //! routing, balancing, retries, passive health, in-flight counts, timeouts,
-//! metrics, `Strict-Transport-Security` and local answers (502, 504).
-//! Anything else — HTTP/2, a request with a body or an upgrade, an unusual
-//! target or Host, a route that redirects or has session affinity or a
-//! header-hashed balancer, a backend over TLS or HTTP/2, no route, no
-//! endpoint, the access log or trusted proxies configured — is declined
+//! metrics, access-log lines, `Strict-Transport-Security` and local
+//! answers (502, 504). Anything else — HTTP/2, a request with a body or an
+//! upgrade, an unusual target or Host, a route that redirects or has
+//! session affinity or a header-hashed balancer, a backend over TLS or
+//! HTTP/2, no route, no endpoint, trusted proxies configured — is declined
 //! before anything is sent, and hyper serves it.
 //! `--h1-fast-path=false` turns it off.
 //!
@@ -44,6 +44,7 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::access_log::{self, RequestLine};
 use super::raw_pool::RawPool;
 use super::splice::{self, Spliced};
 use super::{ConnInfo, ForwardError, Proxy};
@@ -77,6 +78,8 @@ pub(crate) struct Taken {
     hsts: Option<http::HeaderValue>,
     upstream_head: Vec<u8>,
     start: Instant,
+    /// The access-log line (inert when the log is off or not sampled).
+    log: access_log::Entry,
 }
 
 /// How a connection goes on after a response of the fast path.
@@ -90,7 +93,7 @@ impl Proxy {
     /// Whether the fast path may take requests at all (see the module
     /// documentation for what turns it off).
     pub(crate) fn fast_h1_enabled(&self) -> bool {
-        self.config.fast_h1 && self.config.access_log.is_none() && self.config.trusted_proxies.is_empty()
+        self.config.fast_h1 && self.config.trusted_proxies.is_empty()
     }
 
     /// Takes the request at the start of `input` if the fast path serves
@@ -119,6 +122,19 @@ impl Proxy {
         request::write_upstream_head(&head, conn.peer.ip(), conn.local_port, conn.tls, &mut upstream_head);
         let (route_host, backend_index) = (route.host.clone(), route.backend);
         let hsts = if conn.tls && route.hsts { self.config.hsts.clone() } else { None };
+        let log = match &self.config.access_log {
+            Some(access_log) => {
+                let method = match head.method {
+                    Method::Get => &http::Method::GET,
+                    Method::Head => &http::Method::HEAD,
+                };
+                let line = RequestLine { method, path: head.path, protocol: http::Version::HTTP_11 };
+                let mut entry = access_log.begin_parts(line, Some(head.host), || conn.peer.ip(), start);
+                entry.route(&route.source, &backend.service);
+                entry
+            }
+            None => access_log::Entry::default(),
+        };
         Some(Taken {
             head_len: head.len,
             route_host,
@@ -131,6 +147,7 @@ impl Proxy {
             upstream_head,
             start,
             snapshot,
+            log,
         })
     }
 
@@ -154,6 +171,7 @@ impl Proxy {
             hsts,
             upstream_head,
             start,
+            mut log,
             ..
         } = taken;
         let backend = &snapshot.backends[backend];
@@ -179,6 +197,7 @@ impl Proxy {
                 () = client_gone(client) => {
                     tracing::debug!(endpoint = %addr, service = %backend.service,
                         "client closed its connection before the response; request cancelled");
+                    log.upstream(addr, attempt as usize + 1);
                     return After::Close;
                 }
             };
@@ -204,6 +223,7 @@ impl Proxy {
         };
         let close = client_close || closing();
         let endpoint = &backend.endpoints[chosen];
+        log.upstream(endpoint.addr, attempt as usize + 1);
         let (upstream, head) = match exchange {
             Ok(pair) => pair,
             Err(err) => {
@@ -213,7 +233,7 @@ impl Proxy {
                 self.count_fast(&route_host, backend, chosen, status, start.elapsed());
                 drop(guard);
                 let answer = LocalAnswer { status, detail: &err.to_string(), head_request, close, add };
-                return answer.write(client).await;
+                return answer.write(client, &mut log).await;
             }
         };
         response::finish_head(&mut out, &head, close);
@@ -227,8 +247,11 @@ impl Proxy {
         let addr = endpoint.addr;
         // The snapshot is not held while the body streams.
         drop(snapshot);
+        log.status(head.status);
         let spliced = self.config.splice_bodies.then_some(&self.metrics.spliced_body_bytes);
-        let copied = copy_body(upstream, head, &mut buf, &mut out, client, spliced).await;
+        let mut sent = 0;
+        let copied = copy_body(upstream, head, &mut buf, &mut out, client, spliced, &mut sent).await;
+        log.body_bytes(sent);
         drop(guard);
         match copied {
             Copied::Whole(Some(upstream)) => pool.put(addr, upstream),
@@ -350,7 +373,8 @@ enum Copied {
 /// part already read with the head in one write, then the rest as it
 /// comes. With `spliced` (the count of bytes moved so), the rest of a long
 /// body with a length goes from socket to socket inside the kernel when
-/// the client's connection is cleartext (see `super::splice`).
+/// the client's connection is cleartext (see `super::splice`). `sent`
+/// counts the body bytes handed to the client (framing excluded).
 async fn copy_body<IO>(
     mut upstream: TcpStream,
     head: ResponseHead,
@@ -358,6 +382,7 @@ async fn copy_body<IO>(
     out: &mut Vec<u8>,
     client: &mut IO,
     spliced: Option<&prometheus::IntCounter>,
+    sent: &mut u64,
 ) -> Copied
 where
     IO: ClientIo,
@@ -373,6 +398,7 @@ where
             if client.write_all(out).await.is_err() {
                 return Copied::ClientGone;
             }
+            *sent = take as u64;
             let mut left = len - take as u64;
             if let (Some(counter), Some(tcp)) = (spliced.filter(|_| left >= splice::MIN_BODY), client.plain_tcp()) {
                 let outcome = splice::body(&upstream, tcp, left).await;
@@ -380,6 +406,7 @@ where
                 match outcome {
                     Spliced::Whole => {
                         counter.inc_by(left);
+                        *sent += left;
                         left = 0;
                     }
                     Spliced::NotMoved => {}
@@ -399,6 +426,7 @@ where
                 if client.write_all(&buf[..take]).await.is_err() {
                     return Copied::ClientGone;
                 }
+                *sent += take as u64;
                 left -= take as u64;
             }
         }
@@ -412,6 +440,7 @@ where
                 if client.write_all(out).await.is_err() {
                     return Copied::ClientGone;
                 }
+                *sent = chunked.data_bytes();
                 if chunked.is_done() {
                     reusable &= used == buf.len();
                     break;
@@ -436,6 +465,7 @@ where
             if client.write_all(out).await.is_err() {
                 return Copied::ClientGone;
             }
+            *sent = first.len() as u64;
             loop {
                 buf.clear();
                 buf.reserve(BODY_BUFFER);
@@ -447,6 +477,7 @@ where
                 if client.write_all(buf).await.is_err() {
                     return Copied::ClientGone;
                 }
+                *sent += buf.len() as u64;
             }
             reusable = false;
         }
@@ -465,7 +496,7 @@ struct LocalAnswer<'a> {
 }
 
 impl LocalAnswer<'_> {
-    async fn write<IO: AsyncWrite + Unpin>(self, client: &mut IO) -> After {
+    async fn write<IO: AsyncWrite + Unpin>(self, client: &mut IO, log: &mut access_log::Entry) -> After {
         let Self { status, detail, head_request, close, add } = self;
         let reason = status.canonical_reason().unwrap_or("");
         let body = format!("{} {reason}: {detail}\n", status.as_u16());
@@ -490,10 +521,14 @@ impl LocalAnswer<'_> {
         if !head_request {
             answer.extend_from_slice(body.as_bytes());
         }
-        match client.write_all(&answer).await {
-            Ok(()) if !close => After::KeepAlive,
-            _ => After::Close,
+        log.status(status.as_u16());
+        if client.write_all(&answer).await.is_err() {
+            return After::Close;
         }
+        if !head_request {
+            log.body_bytes(body.len() as u64);
+        }
+        if close { After::Close } else { After::KeepAlive }
     }
 }
 

@@ -231,6 +231,8 @@ const MAX_TRAILERS: usize = 16 * 1024;
 pub(super) struct Chunked {
     state: ChunkState,
     trailer_bytes: usize,
+    /// Body bytes decoded so far (the chunks' data, not their framing).
+    data_bytes: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +252,11 @@ pub(super) struct BadChunk;
 impl Chunked {
     pub fn is_done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// Body bytes decoded so far, framing excluded.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
     }
 
     /// Decodes what it can of `input`, appending the re-encoded body to
@@ -284,6 +291,7 @@ impl Chunked {
                     let take = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
                     out.extend_from_slice(&rest[..take]);
                     pos += take;
+                    self.data_bytes += take as u64;
                     let left = left - take as u64;
                     self.state = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
                 }
