@@ -128,12 +128,13 @@ impl Dataplane {
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
     pub async fn serve_until_signal(self) -> anyhow::Result<()> {
+        let access_log = self.access_log()?;
         let proxy_config = ProxyConfig {
             connect_timeout: self.args.connect_timeout,
             upstream_timeout: self.args.upstream_timeout,
             trusted_proxies: self.args.trusted_proxies.clone(),
             max_body_size: self.args.max_body_size,
-            access_log: self.access_log()?,
+            access_log: access_log.clone(),
             hsts: self.hsts()?,
             upstream_tls: self.upstream_tls()?,
             fast_h1: self.args.h1_fast_path,
@@ -211,6 +212,12 @@ impl Dataplane {
         }
         let _ = stop_admin.send(true);
         admin_task.await.context("admin listener task")?;
+        if let Some(log) = access_log {
+            let flushed = tokio::task::spawn_blocking(move || log.flush(ACCESS_LOG_FLUSH)).await.unwrap_or(false);
+            if !flushed {
+                tracing::warn!(timeout = ?ACCESS_LOG_FLUSH, "the access log was not written out in time: its last lines may be lost");
+            }
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -248,6 +255,9 @@ impl Dataplane {
         Ok(Some(log))
     }
 }
+
+/// How long shutdown waits for the access log's last lines to be written.
+const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
