@@ -147,8 +147,7 @@ pub struct DataplaneArgs {
     /// cleartext HTTP/1.1 backends on the fast path: parsed once and forwarded on
     /// bare pooled connections, without hyper (counted in
     /// `switchyard_h1_fast_path_requests_total`). Requests it does not
-    /// take, and every request while trusted proxies are configured, are
-    /// served by hyper as before. `false` turns it off.
+    /// take are served by hyper as before. `false` turns it off.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub h1_fast_path: bool,
     /// On the fast path, move the rest of a response body of 16 KiB or more

@@ -402,6 +402,9 @@ async fn x_forwarded_for_is_extended_only_behind_trusted_proxies() {
     let h = send(proxy.http, req).await.unwrap().json()["headers"].clone();
     assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.1.2.3, 127.0.0.1");
     assert_eq!(h["x-real-ip"], "198.51.100.7", "rightmost untrusted hop");
+    // A plain GET: answered on the HTTP/1.1 fast path, which keeps the
+    // chain as hyper's path does.
+    assert_eq!(metric(proxy.admin, "switchyard_h1_fast_path_requests_total").await, Some(1.0));
 }
 
 /// (thread name, nice value) of each thread of `pid`, from /proc.

@@ -13,16 +13,16 @@ pub(super) fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 }
 
 pub(super) fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    client_ip_of(headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()), peer, trusted)
+}
+
+/// [`client_ip`] from the `X-Forwarded-For` values themselves (those that
+/// are visible ASCII, as `HeaderValue::to_str` takes them), in order.
+pub(super) fn client_ip_of<'a>(values: impl Iterator<Item = &'a str>, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse().ok())
-        .collect();
+    let hops: Vec<IpAddr> = values.flat_map(|v| v.split(',')).filter_map(|hop| hop.trim().parse().ok()).collect();
     hops.iter().rev().find(|ip| !is_trusted(**ip, trusted)).or(hops.first()).copied().unwrap_or(peer)
 }
 

@@ -21,7 +21,7 @@
 //! answers (502, 504). Anything else — HTTP/2, a request with a body or an
 //! upgrade, an unusual target or Host, a route that redirects or has
 //! session affinity or a header-hashed balancer, a backend over TLS or
-//! HTTP/2, no route, no endpoint, trusted proxies configured — is declined
+//! HTTP/2, no route, no endpoint — is declined
 //! before anything is sent, and hyper serves it.
 //! `--h1-fast-path=false` turns it off.
 //!
@@ -93,7 +93,7 @@ impl Proxy {
     /// Whether the fast path may take requests at all (see the module
     /// documentation for what turns it off).
     pub(crate) fn fast_h1_enabled(&self) -> bool {
-        self.config.fast_h1 && self.config.trusted_proxies.is_empty()
+        self.config.fast_h1
     }
 
     /// Takes the request at the start of `input` if the fast path serves
@@ -112,14 +112,15 @@ impl Proxy {
         {
             return None;
         }
+        let from = request::Forwarded::of(&head, conn.peer.ip(), &self.config.trusted_proxies);
         let hash_key = match (backend.balance.algorithm, &backend.balance.hash_on) {
-            (Algorithm::IpHash, _) | (Algorithm::ConsistentHash, HashOn::SourceIp) => Some(hash_ip(conn.peer.ip())),
+            (Algorithm::IpHash, _) | (Algorithm::ConsistentHash, HashOn::SourceIp) => Some(hash_ip(from.client)),
             (Algorithm::ConsistentHash, _) => return None,
             _ => None,
         };
         let chosen = backend.pick_endpoint(hash_key)?;
         let mut upstream_head = Vec::with_capacity(head.len + 160);
-        request::write_upstream_head(&head, conn.peer.ip(), conn.local_port, conn.tls, &mut upstream_head);
+        request::write_upstream_head(&head, &from, conn.local_port, conn.tls, &mut upstream_head);
         let (route_host, backend_index) = (route.host.clone(), route.backend);
         let hsts = if conn.tls && route.hsts { self.config.hsts.clone() } else { None };
         let log = match &self.config.access_log {
@@ -129,7 +130,7 @@ impl Proxy {
                     Method::Head => &http::Method::HEAD,
                 };
                 let line = RequestLine { method, path: head.path, protocol: http::Version::HTTP_11 };
-                let mut entry = access_log.begin_parts(line, Some(head.host), || conn.peer.ip(), start);
+                let mut entry = access_log.begin_parts(line, Some(head.host), || from.client, start);
                 entry.route(&route.source, &backend.service);
                 entry
             }

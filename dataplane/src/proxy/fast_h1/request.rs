@@ -10,11 +10,14 @@
 //! The head sent upstream is the client's, rewritten as
 //! `super::super::headers::prepare_request` does for hyper's path:
 //! hop-by-hop fields removed (RFC 9110 §7.6.1), `Host` kept, and the
-//! `X-Forwarded-*` set and `X-Real-IP` replaced by our own (the fast path
-//! is off when some peers are trusted proxies, whose `X-Forwarded-For`
-//! would be kept).
+//! `X-Forwarded-*` set and `X-Real-IP` replaced by our own; behind a
+//! trusted proxy (`--trusted-proxies`), the client's `X-Forwarded-For` is
+//! kept with the peer appended, and `X-Real-IP` is the rightmost untrusted
+//! hop ([`Forwarded`]).
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 /// Header fields parsed at most (more: hyper answers 431).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -93,9 +96,52 @@ pub(super) fn parse<'a>(
     Some(Head { len, method, target, path, host: host?, close, headers: req.headers })
 }
 
+/// Who a request is from, as the head sent upstream tells it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Forwarded<'a> {
+    /// The connection's peer.
+    pub peer: IpAddr,
+    /// The client (`X-Real-IP`, hashing, the access log): the peer, or
+    /// behind a trusted proxy the rightmost untrusted hop.
+    pub client: IpAddr,
+    /// The first `X-Forwarded-For` as it came, kept (the peer appended)
+    /// when the peer is a trusted proxy.
+    pub chain: Option<&'a [u8]>,
+}
+
+impl<'a> Forwarded<'a> {
+    /// As hyper's path has it (`super::super::client_ip` and
+    /// `headers::prepare_request`).
+    pub fn of(head: &Head<'a>, peer: IpAddr, trusted: &[IpNet]) -> Self {
+        if trusted.is_empty() || !super::super::client_ip::is_trusted(peer, trusted) {
+            return Self { peer, client: peer, chain: None };
+        }
+        let values = || {
+            head.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                .filter_map(|h| field_text(h.value))
+        };
+        let client = super::super::client_ip::client_ip_of(values(), peer, trusted);
+        Self { peer, client, chain: values().next().map(str::as_bytes) }
+    }
+}
+
+/// A field value as `HeaderValue::to_str` takes it: visible ASCII, spaces
+/// and tabs.
+fn field_text(value: &[u8]) -> Option<&str> {
+    value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)).then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
 /// Writes the head toward the upstream into `out`: the client's fields but
 /// the hop-by-hop ones and those we set, then ours.
-pub(super) fn write_upstream_head(head: &Head<'_>, peer: IpAddr, local_port: u16, tls: bool, out: &mut Vec<u8>) {
+pub(super) fn write_upstream_head(
+    head: &Head<'_>,
+    from: &Forwarded<'_>,
+    local_port: u16,
+    tls: bool,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
@@ -109,11 +155,20 @@ pub(super) fn write_upstream_head(head: &Head<'_>, peer: IpAddr, local_port: u16
         }
     }
     let mut ip = [0u8; 39];
-    let ip = write_ip(peer, &mut ip);
+    let peer = write_ip(from.peer, &mut ip);
     out.extend_from_slice(b"x-forwarded-for: ");
-    out.extend_from_slice(ip);
+    if let Some(chain) = from.chain {
+        out.extend_from_slice(chain);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer);
     out.extend_from_slice(b"\r\nx-real-ip: ");
-    out.extend_from_slice(ip);
+    if from.client == from.peer {
+        out.extend_from_slice(peer);
+    } else {
+        let mut client = [0u8; 39];
+        out.extend_from_slice(write_ip(from.client, &mut client));
+    }
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(if tls { "https" } else { "http" }.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-port: ");
@@ -248,11 +303,50 @@ mod tests {
     }
 
     fn upstream(input: &str, peer: &str) -> String {
+        upstream_behind(input, peer, &[])
+    }
+
+    fn upstream_behind(input: &str, peer: &str, trusted: &[&str]) -> String {
+        let trusted: Vec<IpNet> = trusted.iter().map(|n| n.parse().unwrap()).collect();
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let head = parse(input.as_bytes(), &mut storage, MAX_HEADERS).expect("taken");
         let mut out = Vec::new();
-        write_upstream_head(&head, peer.parse().unwrap(), 8080, false, &mut out);
+        let from = Forwarded::of(&head, peer.parse().unwrap(), &trusted);
+        write_upstream_head(&head, &from, 8080, false, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    /// The same cases as `client_ip`'s and `headers`' tests of hyper's path.
+    #[test]
+    fn behind_trusted_proxies_the_chain_is_kept_and_the_client_is_the_rightmost_untrusted_hop() {
+        let forwarded = |input: &str, peer: &str, trusted: &[&str]| {
+            let head = upstream_behind(input, peer, trusted);
+            let field = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(name).map(str::to_string))
+                    .unwrap_or_else(|| panic!("{name} in {head}"))
+            };
+            (field("x-forwarded-for: "), field("x-real-ip: "))
+        };
+        let get = |xff: &str| format!("GET / HTTP/1.1\r\nHost: a\r\n{xff}\r\n");
+        let chain = get("X-Forwarded-For: 1.1.1.1, 203.0.113.9, 10.1.1.1\r\n");
+        // Not trusted (or none configured): the header is replaced.
+        assert_eq!(forwarded(&chain, "192.0.2.1", &["10.0.0.0/8"]), ("192.0.2.1".into(), "192.0.2.1".into()));
+        assert_eq!(forwarded(&chain, "10.0.0.5", &[]), ("10.0.0.5".into(), "10.0.0.5".into()));
+        // Trusted: kept with the peer appended; the rightmost untrusted hop.
+        assert_eq!(
+            forwarded(&chain, "10.0.0.5", &["10.0.0.0/8"]),
+            ("1.1.1.1, 203.0.113.9, 10.1.1.1, 10.0.0.5".into(), "203.0.113.9".into())
+        );
+        // All hops trusted: the leftmost; no header: the peer.
+        assert_eq!(
+            forwarded(&get("x-forwarded-for: 10.9.9.9\r\nX-Forwarded-For: 10.1.1.1\r\n"), "10.0.0.5", &["10.0.0.0/8"]),
+            ("10.9.9.9, 10.0.0.5".into(), "10.9.9.9".into())
+        );
+        assert_eq!(forwarded(&get(""), "10.0.0.5", &["10.0.0.0/8"]), ("10.0.0.5".into(), "10.0.0.5".into()));
+        // A value that is not visible ASCII is not believed.
+        let odd = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9, caf\u{e9}\r\n\r\n";
+        assert_eq!(forwarded(odd, "10.0.0.5", &["10.0.0.0/8"]), ("10.0.0.5".into(), "10.0.0.5".into()));
     }
 
     #[test]
