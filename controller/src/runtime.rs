@@ -206,18 +206,23 @@ impl Dataplane {
             );
             https.and(http)
         };
-        tokio::select! {
-            done = sequence => done?,
-            () = signals.next() => tracing::warn!("second signal: exiting without finishing the drain"),
-        }
+        let drained = tokio::select! {
+            done = sequence => done,
+            () = signals.next() => {
+                tracing::warn!("second signal: exiting without finishing the drain");
+                Ok(())
+            }
+        };
         let _ = stop_admin.send(true);
-        admin_task.await.context("admin listener task")?;
+        let admin = admin_task.await.context("admin listener task");
+        // Whatever happened above, the last lines are written out.
         if let Some(log) = access_log {
             let flushed = tokio::task::spawn_blocking(move || log.flush(ACCESS_LOG_FLUSH)).await.unwrap_or(false);
             if !flushed {
                 tracing::warn!(timeout = ?ACCESS_LOG_FLUSH, "the access log was not written out in time: its last lines may be lost");
             }
         }
+        drained.and(admin)?;
         tracing::info!("shutdown complete");
         Ok(())
     }

@@ -318,9 +318,11 @@ impl Metrics {
 /// ends in `200` increments its counters without hashing label values or
 /// taking the vectors' lock (three lookups per request otherwise). Other
 /// statuses, and a second host routed to the same backend, are looked up
-/// as before. A backend lives as long as its snapshot, so a series removed
-/// from the registry (an endpoint that left) is never cached by a snapshot
-/// that still has it.
+/// as before. A backend lives as long as its snapshot. One difference: the
+/// admin endpoint removes the series of an endpoint that left the current
+/// snapshot; a request still in flight on an older snapshot then counts
+/// into the removed series (lost) where a lookup would have recreated it
+/// until the next removal.
 #[derive(Default)]
 pub struct BackendSeries {
     /// `switchyard_request_duration_seconds{service}`.

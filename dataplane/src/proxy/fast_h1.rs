@@ -198,7 +198,6 @@ impl Proxy {
                 () = client_gone(client) => {
                     tracing::debug!(endpoint = %addr, service = %backend.service,
                         "client closed its connection before the response; request cancelled");
-                    log.upstream(addr, attempt as usize + 1);
                     return After::Close;
                 }
             };
@@ -402,14 +401,13 @@ where
             *sent = take as u64;
             let mut left = len - take as u64;
             if let (Some(counter), Some(tcp)) = (spliced.filter(|_| left >= splice::MIN_BODY), client.plain_tcp()) {
-                let outcome = splice::body(&upstream, tcp, left).await;
+                let mut delivered = 0;
+                let outcome = splice::body(&upstream, tcp, left, &mut delivered).await;
                 client.touch();
+                counter.inc_by(delivered);
+                *sent += delivered;
                 match outcome {
-                    Spliced::Whole => {
-                        counter.inc_by(left);
-                        *sent += left;
-                        left = 0;
-                    }
+                    Spliced::Whole => left = 0,
                     Spliced::NotMoved => {}
                     Spliced::UpstreamFailed => return Copied::UpstreamFailed,
                     Spliced::ClientGone => return Copied::ClientGone,

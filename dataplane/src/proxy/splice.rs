@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 /// costs about what the copy does.
 pub(crate) const MIN_BODY: u64 = 16 * 1024;
 /// Empty pipes kept per thread for the next body.
-const KEPT_PER_THREAD: usize = 64;
+const KEPT_PER_THREAD: usize = 16;
 /// The most asked of one `splice` (a pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
 
@@ -71,9 +71,10 @@ pub(crate) enum Spliced {
     ClientGone,
 }
 
-/// Moves exactly `len` bytes from `upstream` to `client`. Never reads past
-/// `len`: the upstream connection stays in step for its next request.
-pub(crate) async fn body(upstream: &TcpStream, client: &TcpStream, len: u64) -> Spliced {
+/// Moves exactly `len` bytes from `upstream` to `client`, counting those
+/// that reached the client in `delivered` (however it ends). Never reads
+/// past `len`: the upstream connection stays in step for its next request.
+pub(crate) async fn body(upstream: &TcpStream, client: &TcpStream, len: u64, delivered: &mut u64) -> Spliced {
     let Ok(pipe) = Pipe::take() else { return Spliced::NotMoved };
     let mut left = len;
     // Bytes in the pipe, not yet written to the client.
@@ -118,7 +119,10 @@ pub(crate) async fn body(upstream: &TcpStream, client: &TcpStream, len: u64) -> 
         }
         match client.try_io(Interest::WRITABLE, || splice(&pipe.read, client, held)) {
             Ok(0) => return Spliced::ClientGone,
-            Ok(n) => held -= n,
+            Ok(n) => {
+                held -= n;
+                *delivered += n as u64;
+            }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 if client.writable().await.is_err() {
                     return Spliced::ClientGone;

@@ -123,7 +123,9 @@ impl<'a> Forwarded<'a> {
                 .filter_map(|h| field_text(h.value))
         };
         let client = super::super::client_ip::client_ip_of(values(), peer, trusted);
-        Self { peer, client, chain: values().next().map(str::as_bytes) }
+        // Only the first field is kept (`HeaderMap::get`), if it is text.
+        let first = head.headers.iter().find(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"));
+        Self { peer, client, chain: first.and_then(|h| field_text(h.value)).map(str::as_bytes) }
     }
 }
 
@@ -344,9 +346,12 @@ mod tests {
             ("10.9.9.9, 10.0.0.5".into(), "10.9.9.9".into())
         );
         assert_eq!(forwarded(&get(""), "10.0.0.5", &["10.0.0.0/8"]), ("10.0.0.5".into(), "10.0.0.5".into()));
-        // A value that is not visible ASCII is not believed.
+        // A value that is not visible ASCII is not believed; when it is the
+        // first field, no chain is kept (the second still names the client).
         let odd = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9, caf\u{e9}\r\n\r\n";
         assert_eq!(forwarded(odd, "10.0.0.5", &["10.0.0.0/8"]), ("10.0.0.5".into(), "10.0.0.5".into()));
+        let two = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: caf\u{e9}\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n";
+        assert_eq!(forwarded(two, "10.0.0.5", &["10.0.0.0/8"]), ("10.0.0.5".into(), "203.0.113.9".into()));
     }
 
     #[test]
