@@ -81,7 +81,7 @@ pub(crate) async fn body(upstream: &TcpStream, client: &TcpStream, len: u64, del
     let mut held = 0usize;
     loop {
         if left > 0 {
-            let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK - held.min(CHUNK));
+            let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK - held);
             let moved = if held == 0 {
                 // The pipe is empty, so "would block" can only be the
                 // socket's: tokio learns it and waits for the next edge.
