@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod clock;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -14,7 +14,8 @@ use serde::Serialize;
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn now_ms() -> u64 {
-    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
+    let since = crate::clock::coarse_now().saturating_duration_since(*EPOCH);
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Bumped whenever an endpoint may have become unavailable, or available

@@ -43,6 +43,11 @@ enum Lapse {
     Recheck,
 }
 
+/// A connection's timestamps need milliseconds: see [`crate::clock`].
+fn coarse_now() -> Instant {
+    Instant::from_std(crate::clock::coarse_now())
+}
+
 pub struct AuditedIo<S = TcpStream> {
     stream: S,
     audit: Audit,
@@ -62,7 +67,7 @@ pub struct AuditedIo<S = TcpStream> {
 
 impl<S> AuditedIo<S> {
     pub fn new(stream: S, audit: Audit, state: Arc<ConnState>, timeouts: ConnTimeouts) -> Self {
-        let now = Instant::now();
+        let now = coarse_now();
         let timer = Box::pin(tokio::time::sleep_until(now + timeouts.idle));
         Self {
             stream,
@@ -115,7 +120,7 @@ impl<S> AuditedIo<S> {
             // A request is in flight. With releasing on, look again every
             // `release_after`: hyper may not read again once the response
             // is done, and the idle timers must start then.
-            return self.timeouts.release_after.map(|after| (Instant::now() + after, Lapse::Recheck));
+            return self.timeouts.release_after.map(|after| (coarse_now() + after, Lapse::Recheck));
         }
         match self.timeouts.release_after {
             // Only once hyper has served a request: a connection stopped
@@ -183,7 +188,7 @@ impl<S: Parkable + AsyncWrite + Unpin> crate::proxy::ClientIo for AuditedIo<S> {
     }
 
     fn touch(&mut self) {
-        self.last_activity = Instant::now();
+        self.last_activity = coarse_now();
     }
 }
 
@@ -249,7 +254,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
                     return Poll::Ready(Ok(()));
                 }
                 let was_in_head = this.audit.in_head();
-                this.last_activity = Instant::now();
+                this.last_activity = coarse_now();
                 let findings = this.audit.feed(fresh);
                 if !was_in_head && this.audit.in_head() {
                     this.head_started = Some(this.last_activity);
@@ -274,7 +279,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
                 // A recheck already armed stands (no reset on every poll).
                 let armed = lapse == Lapse::Recheck
                     && this.timer.deadline() <= deadline
-                    && this.timer.deadline() > Instant::now();
+                    && this.timer.deadline() > coarse_now();
                 if !armed && this.timer.deadline() != deadline {
                     this.timer.as_mut().reset(deadline);
                 }
@@ -300,7 +305,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuditedIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.stream).poll_write(cx, buf));
-        this.last_activity = Instant::now();
+        this.last_activity = coarse_now();
         Poll::Ready(written)
     }
 
@@ -311,7 +316,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuditedIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs));
-        this.last_activity = Instant::now();
+        this.last_activity = coarse_now();
         Poll::Ready(written)
     }
 

@@ -191,7 +191,11 @@ impl Proxy {
             let addr = backend.endpoints[chosen].addr;
             buf.clear();
             out.clear();
-            let exchange = exchange(pool, addr, &upstream_head, timeout, head_request, add, &mut buf, &mut out);
+            // The first attempt's deadline counts from the request's start
+            // (read already: one reading of the clock less per request).
+            let began = if attempt == 0 { start } else { Instant::now() };
+            let limit = (began + timeout, timeout);
+            let exchange = exchange(pool, addr, &upstream_head, limit, head_request, add, &mut buf, &mut out);
             let exchange = tokio::select! {
                 biased;
                 exchange = exchange => exchange,
@@ -276,7 +280,8 @@ impl Proxy {
 }
 
 /// Sends the request head to `addr` and reads the response head into
-/// `buf` (the client's head is written to `out`), within `timeout`. A
+/// `buf` (the client's head is written to `out`), by `limit` (a deadline,
+/// and the timeout it came from, for the error). A
 /// pooled connection that turns out closed before any response byte is
 /// replaced by a new one once (the request is a `GET` or `HEAD`).
 #[allow(clippy::too_many_arguments)]
@@ -284,7 +289,7 @@ async fn exchange(
     pool: &RawPool,
     addr: SocketAddr,
     request: &[u8],
-    timeout: Duration,
+    limit: (Instant, Duration),
     head_request: bool,
     add: Additions<'_>,
     buf: &mut Vec<u8>,
@@ -311,7 +316,8 @@ async fn exchange(
             }
         }
     };
-    tokio::time::timeout(timeout, attempt).await.unwrap_or(Err(ForwardError::Timeout(timeout)))
+    let (deadline, timeout) = limit;
+    tokio::time::timeout_at(deadline.into(), attempt).await.unwrap_or(Err(ForwardError::Timeout(timeout)))
 }
 
 /// Why an exchange failed.

@@ -66,7 +66,7 @@ impl<C: Reusable> IdleConnections<C> {
     pub(super) fn take(&self, addr: SocketAddr) -> Option<C> {
         let mut idle = self.inner.lock();
         let list = idle.get_mut(&addr)?;
-        let now = Instant::now();
+        let now = crate::clock::coarse_now();
         let found = std::iter::from_fn(|| list.pop())
             .find(|c| now.duration_since(c.since) < self.inner.idle_timeout && c.conn.reusable())
             .map(|c| c.conn);
@@ -87,7 +87,7 @@ impl<C: Reusable> IdleConnections<C> {
             if list.len() >= MAX_IDLE_PER_ENDPOINT {
                 return;
             }
-            list.push(Idle { conn, since: Instant::now() });
+            list.push(Idle { conn, since: crate::clock::coarse_now() });
         }
         if !self.inner.reaper.swap(true, Ordering::Relaxed) {
             Inner::start_reaper(&self.inner);
@@ -130,7 +130,7 @@ impl<C: Reusable> Inner<C> {
             loop {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
-                let now = Instant::now();
+                let now = crate::clock::coarse_now();
                 store.lock().retain(|_, list| {
                     list.retain(|c| now.duration_since(c.since) < store.idle_timeout && c.conn.reusable());
                     !list.is_empty()

@@ -2,7 +2,7 @@
 //! second per thread.
 
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// An IMF-fixdate is 29 bytes.
 const LEN: usize = 29;
@@ -13,7 +13,7 @@ thread_local! {
 
 /// Calls `write` with the current date.
 pub(super) fn now(write: impl FnOnce(&[u8])) {
-    let now = SystemTime::now();
+    let now = crate::clock::coarse_system_now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();
