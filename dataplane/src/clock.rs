@@ -10,26 +10,31 @@
 //! keep-alive request read the clock about nine times; only its start and
 //! its end (its duration, for metrics and the access log) need precision.
 //!
-//! A coarse reading is given as an [`Instant`]: the monotonic clock's
-//! coarse and precise readings count from the same origin, so the offset
-//! between the two, taken once, maps one onto the other. It may differ
-//! from `Instant::now()` by up to one tick, either way.
+//! A coarse reading is given as an [`Instant`]: the coarse and precise
+//! monotonic clocks count from the same origin, so a precise reading of
+//! the raw clock taken beside an `Instant` once maps every later coarse
+//! reading onto `Instant`s. A coarse `Instant` is never later than
+//! `Instant::now()`, and earlier by less than one tick.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime};
 
-/// A precise and a coarse reading taken together.
+/// An `Instant` and the raw monotonic clock, read together.
 struct Base {
-    precise: Instant,
-    coarse: Duration,
+    instant: Instant,
+    monotonic: Duration,
 }
 
-static BASE: LazyLock<Base> = LazyLock::new(|| Base { coarse: monotonic_coarse(), precise: Instant::now() });
+static BASE: LazyLock<Base> = LazyLock::new(|| Base { monotonic: monotonic(), instant: Instant::now() });
 
-/// Now, to within one tick of the kernel's clock.
+/// Now, as of the kernel's last tick: never later than `Instant::now()`.
 pub fn coarse_now() -> Instant {
     let base = &*BASE;
-    base.precise + monotonic_coarse().saturating_sub(base.coarse)
+    let now = monotonic_coarse();
+    match now.checked_sub(base.monotonic) {
+        Some(since) => base.instant + since,
+        None => base.instant.checked_sub(base.monotonic - now).unwrap_or(base.instant),
+    }
 }
 
 /// The wall-clock time, to within one tick (for the `Date` field, which
@@ -47,13 +52,29 @@ pub fn coarse_system_now() -> SystemTime {
 
 #[cfg(target_os = "linux")]
 fn monotonic_coarse() -> Duration {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    read(rustix::time::ClockId::MonotonicCoarse)
+}
+
+/// The clock `Instant` reads.
+#[cfg(target_os = "linux")]
+fn monotonic() -> Duration {
+    read(rustix::time::ClockId::Monotonic)
+}
+
+#[cfg(target_os = "linux")]
+fn read(clock: rustix::time::ClockId) -> Duration {
+    let now = rustix::time::clock_gettime(clock);
     Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
 }
 
 /// Elsewhere, the precise clock (no coarse one is assumed).
 #[cfg(not(target_os = "linux"))]
 fn monotonic_coarse() -> Duration {
+    monotonic()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn monotonic() -> Duration {
     static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
     ORIGIN.elapsed()
 }
@@ -68,6 +89,18 @@ mod tests {
 
     fn apart(a: Instant, b: Instant) -> Duration {
         a.checked_duration_since(b).unwrap_or_else(|| b - a)
+    }
+
+    #[test]
+    fn a_coarse_reading_is_never_later_than_a_precise_one() {
+        // Over several ticks: a mapping off by a fixed amount would show
+        // early in each tick.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(40) {
+            let coarse = coarse_now();
+            let precise = Instant::now();
+            assert!(coarse <= precise, "coarse {coarse:?} after precise {precise:?}");
+        }
     }
 
     #[test]

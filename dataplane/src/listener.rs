@@ -19,7 +19,6 @@
 pub mod audit;
 pub(crate) mod conn_io;
 mod h1;
-pub(crate) mod lazy_tcp;
 mod peek;
 pub mod proxy_protocol;
 
@@ -48,7 +47,6 @@ use crate::tcp;
 use crate::tls::Selected;
 use audit::{Audit, HeadLimits};
 use conn_io::{AuditedIo, ConnTimeouts};
-use lazy_tcp::{Acceptor, LazyTcp};
 
 /// Listener tunables.
 #[derive(Clone, Debug)]
@@ -240,16 +238,6 @@ async fn serve(
         tls,
         relays: relays.clone(),
     });
-    // Connections are taken with `accept4` here, not by tokio's
-    // `TcpListener::accept`, which registers each with the reactor (see
-    // `lazy_tcp`).
-    let listener = match Acceptor::new(listener) {
-        Ok(listener) => listener,
-        Err(err) => {
-            tracing::error!(?local, error = %err, "listener could not be watched; not serving");
-            return;
-        }
-    };
     let stopped = drain.stopped();
     tokio::pin!(stopped);
     loop {
@@ -277,7 +265,7 @@ async fn serve(
     // Closing the socket resets connections still in its accept queue:
     // take those first (they complete a handshake the client saw succeed).
     let mut late = 0;
-    while let Some((stream, peer)) = listener.accept_now() {
+    while let Some((stream, peer)) = accept_now(&listener) {
         conns.serve(&graceful, stream, peer, slots.clone().try_acquire_owned().ok());
         late += 1;
     }
@@ -371,6 +359,15 @@ impl Relays {
     }
 }
 
+/// A connection already in the accept queue, without waiting.
+fn accept_now(listener: &TcpListener) -> Option<(TcpStream, std::net::SocketAddr)> {
+    let waker = std::task::Waker::noop();
+    match listener.poll_accept(&mut Context::from_waker(waker)) {
+        Poll::Ready(Ok(pair)) => Some(pair),
+        Poll::Ready(Err(_)) | Poll::Pending => None,
+    }
+}
+
 /// What serving one accepted connection needs. Shared by the accept loop
 /// and connections still reading a PROXY header or a TLS handshake;
 /// dropped before the drain waits for the connections it watches.
@@ -395,7 +392,7 @@ impl Connections {
     fn serve(
         self: &Arc<Self>,
         graceful: &GracefulShutdown,
-        stream: std::net::TcpStream,
+        stream: TcpStream,
         peer: std::net::SocketAddr,
         slot: Option<OwnedSemaphorePermit>,
     ) {
@@ -407,17 +404,10 @@ impl Connections {
         let watcher = graceful.watcher();
         let conn_info = ConnInfo { peer, local_port: self.local_port, tls: self.tls.is_some() };
         if self.tls.is_none() && !self.config.proxy_protocol {
-            return self.serve_h1(watcher, LazyTcp::new(stream), conn_info, slot);
+            return self.serve_h1(watcher, stream, conn_info, slot);
         }
         // The PROXY header and the TLS handshake are read in the
-        // connection's own task, each bounded in time, on a registered socket.
-        let stream = match TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(peer = %conn_info.peer, error = %err, "connection could not be registered; closed");
-                return;
-            }
-        };
+        // connection's own task, each bounded in time.
         let this = self.clone();
         tokio::spawn(async move { this.prepare(watcher, stream, conn_info, slot).await });
     }

@@ -18,7 +18,6 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::audit::Audit;
-use super::lazy_tcp::LazyTcp;
 use crate::proxy::ConnState;
 
 /// Connection timers (see [`super::ListenerConfig`]).
@@ -137,64 +136,33 @@ impl<S> AuditedIo<S> {
 
 /// A socket that `super::h1` serves and parks on: reading it gives the
 /// connection's bytes in order, whatever is already buffered first. A bare
-/// TCP socket (cleartext: [`LazyTcp`], registered with the reactor only
-/// once it must wait), or TLS over one (rustls hands out the records it
-/// decrypted during the handshake, a client's first request among them,
-/// before reading the socket again).
+/// TCP socket, or TLS over one (rustls hands out the records it decrypted
+/// during the handshake, a client's first request among them, before
+/// reading the socket again).
 pub trait Parkable {
-    /// Peeks at the TCP socket underneath (registering it with the reactor
-    /// first if it is not yet).
-    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>>;
-    /// The TCP socket, registered, if what is written to the stream goes to
-    /// it as it is.
-    fn plain(&mut self) -> Option<&TcpStream>;
-    /// Whether the TCP socket is registered with the reactor: watching it
-    /// then costs no system call.
-    fn is_registered(&self) -> bool;
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+    /// The TCP socket, if what is written to the stream goes to it as it is.
+    fn plain(&self) -> Option<&TcpStream>;
 }
 
 impl Parkable for TcpStream {
-    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
-        TcpStream::poll_peek(self, cx, buf)
+    fn tcp(&self) -> &TcpStream {
+        self
     }
 
-    fn plain(&mut self) -> Option<&TcpStream> {
+    fn plain(&self) -> Option<&TcpStream> {
         Some(self)
-    }
-
-    fn is_registered(&self) -> bool {
-        true
-    }
-}
-
-impl Parkable for LazyTcp {
-    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
-        match self.registered() {
-            Ok(tcp) => tcp.poll_peek(cx, buf),
-            Err(err) => Poll::Ready(Err(err)),
-        }
-    }
-
-    fn plain(&mut self) -> Option<&TcpStream> {
-        self.registered().ok().map(|tcp| &*tcp)
-    }
-
-    fn is_registered(&self) -> bool {
-        LazyTcp::is_registered(self)
     }
 }
 
 impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
-    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
-        self.get_ref().0.poll_peek(cx, buf)
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
     }
 
-    fn plain(&mut self) -> Option<&TcpStream> {
+    fn plain(&self) -> Option<&TcpStream> {
         None
-    }
-
-    fn is_registered(&self) -> bool {
-        true
     }
 }
 
@@ -206,7 +174,7 @@ impl<S: Parkable + AsyncWrite + Unpin> crate::proxy::ClientIo for AuditedIo<S> {
         }
         let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         let mut buf = ReadBuf::uninit(&mut byte);
-        match self.stream.poll_peek(cx, &mut buf) {
+        match self.stream.tcp().poll_peek(cx, &mut buf) {
             Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(true),
             Poll::Ready(Ok(_)) => Poll::Ready(false),
             Poll::Pending => Poll::Pending,
@@ -215,12 +183,8 @@ impl<S: Parkable + AsyncWrite + Unpin> crate::proxy::ClientIo for AuditedIo<S> {
 
     /// Writes pass straight through (see `poll_write`): a cleartext
     /// stream's socket can take spliced bytes.
-    fn plain_tcp(&mut self) -> Option<&TcpStream> {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
         self.stream.plain()
-    }
-
-    fn is_watched(&self) -> bool {
-        self.stream.is_registered()
     }
 
     fn touch(&mut self) {
@@ -313,9 +277,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuditedIo<S> {
             Poll::Pending => loop {
                 let Some((deadline, lapse)) = this.deadline() else { return Poll::Pending };
                 // A recheck already armed stands (no reset on every poll).
-                let armed = lapse == Lapse::Recheck
-                    && this.timer.deadline() <= deadline
-                    && this.timer.deadline() > coarse_now();
+                let armed = lapse == Lapse::Recheck && this.timer.deadline() <= deadline && !this.timer.is_elapsed();
                 if !armed && this.timer.deadline() != deadline {
                     this.timer.as_mut().reset(deadline);
                 }

@@ -406,11 +406,7 @@ where
             }
             *sent = take as u64;
             let mut left = len - take as u64;
-            // The client's socket is asked for only now: a socket not yet
-            // registered with the reactor is registered for the splice.
-            if let Some(counter) = spliced.filter(|_| left >= splice::MIN_BODY)
-                && let Some(tcp) = client.plain_tcp()
-            {
+            if let (Some(counter), Some(tcp)) = (spliced.filter(|_| left >= splice::MIN_BODY), client.plain_tcp()) {
                 let mut delivered = 0;
                 let outcome = splice::body(&upstream, tcp, left, &mut delivered).await;
                 client.touch();
@@ -553,29 +549,15 @@ pub(crate) trait ClientIo: AsyncWrite + Unpin {
     /// The client's socket when bytes written to it go out as they are
     /// (cleartext, nothing buffered in between): a body may then be
     /// spliced into it.
-    fn plain_tcp(&mut self) -> Option<&TcpStream>;
-
-    /// Whether [`poll_gone`](Self::poll_gone) costs no system call: the
-    /// socket is registered with the reactor. A new cleartext connection's
-    /// is not until it must wait (see `crate::listener::lazy_tcp`).
-    fn is_watched(&self) -> bool;
+    fn plain_tcp(&self) -> Option<&TcpStream>;
 
     /// Notes activity on the connection that did not go through its
     /// writer (a spliced body), for its idle timer.
     fn touch(&mut self);
 }
 
-/// How long an exchange runs before a client socket not yet registered
-/// with the reactor is registered to be watched for the client going away.
-/// Most responses come sooner: the connection then never needs registering
-/// when it closes after them (see `crate::listener::lazy_tcp`).
-const WATCH_UNREGISTERED_AFTER: Duration = Duration::from_millis(20);
-
 /// Resolves when the client has gone (see [`ClientIo::poll_gone`]).
 async fn client_gone<IO: ClientIo>(client: &mut IO) {
-    if !client.is_watched() {
-        tokio::time::sleep(WATCH_UNREGISTERED_AFTER).await;
-    }
     let mut present = false;
     std::future::poll_fn(|cx| {
         if present {

@@ -27,7 +27,6 @@ use tokio::sync::watch;
 
 use crate::balance::InFlightGuard;
 use crate::listener::conn_io::AuditedIo;
-use crate::listener::lazy_tcp::LazyTcp;
 
 /// Either side of a tunnel that could not be unboxed.
 trait Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send {}
@@ -88,16 +87,10 @@ pub(super) fn tunnel(
         // the client's holds the listener's audit and timers, which a
         // tunnel does not use. Every idle WebSocket would hold them. Other
         // combinations are pumped boxed.
-        let down = match down.downcast::<TokioIo<AuditedIo<LazyTcp>>>() {
+        let down = match down.downcast::<TokioIo<AuditedIo<TcpStream>>>() {
             Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
                 let (stream, unread) = io.into_inner().into_parts();
-                match stream.into_registered() {
-                    Ok(stream) => Ok((stream, [read_buf, unread].concat().into())),
-                    Err(err) => {
-                        tracing::debug!(%endpoint, error = %err, "upgraded connection could not be registered");
-                        return;
-                    }
-                }
+                Ok((stream, [read_buf, unread].concat().into()))
             }
             Err(down) => Err(TokioIo::new(down)),
         };
