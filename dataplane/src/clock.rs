@@ -41,11 +41,7 @@ pub fn coarse_now() -> Instant {
 /// counts seconds).
 pub fn coarse_system_now() -> SystemTime {
     #[cfg(target_os = "linux")]
-    {
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-        let since = Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0));
-        SystemTime::UNIX_EPOCH + since
-    }
+    return SystemTime::UNIX_EPOCH + read(rustix::time::ClockId::RealtimeCoarse);
     #[cfg(not(target_os = "linux"))]
     SystemTime::now()
 }
@@ -61,6 +57,7 @@ fn monotonic() -> Duration {
     read(rustix::time::ClockId::Monotonic)
 }
 
+/// A clock's reading, as time since its origin.
 #[cfg(target_os = "linux")]
 fn read(clock: rustix::time::ClockId) -> Duration {
     let now = rustix::time::clock_gettime(clock);
