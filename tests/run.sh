@@ -8,6 +8,7 @@
 # 3. Every unit, compile-table and end-to-end test of the workspace:
 #    standalone end-to-end tests on loopback, cluster end-to-end tests on the
 #    control plane with backends in test-made network namespaces (root).
+# 4. The end-to-end tests a second time with one dataplane worker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +29,8 @@ SWITCHYARD_CLUSTER_ENV=$(bash tests/cluster/up.sh "$cluster_dir")
 export SWITCHYARD_CLUSTER_ENV
 
 cargo test --workspace --locked
+
+# The end-to-end tests again with one dataplane worker: switchyard then serves
+# on tokio's current-thread runtime (the default on one CPU, and what the
+# benchmarks run), where the run above gives it two workers.
+SWITCHYARD_TEST_WORKERS=1 cargo test -p switchyard-controller --locked --test '*'

@@ -355,7 +355,7 @@ fn respawn(proxy: &mut Switchyard, extra: &[&str]) {
         .args(["standalone", "--manifests", &proxy.path().display().to_string()])
         .args(extra)
         .args(["--http-addr", &proxy.http.to_string(), "--admin-addr", &proxy.admin.to_string()])
-        .args(["--workers", "2", "--drain-timeout", "10s", "--log", "info"])
+        .args(["--workers", &support::workers(), "--drain-timeout", "10s", "--log", "info"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -24,6 +24,19 @@ pub mod raw;
 pub mod tls;
 
 /// A free loopback port (bound then released).
+/// The `--workers` the tests give switchyard: 2 (a multi-thread runtime),
+/// or `SWITCHYARD_TEST_WORKERS` (tests/run.sh runs the end-to-end tests a
+/// second time with 1, the current-thread runtime).
+pub fn workers() -> String {
+    match std::env::var("SWITCHYARD_TEST_WORKERS") {
+        Ok(n) => {
+            assert!(n.parse::<u16>().is_ok_and(|n| n > 0), "SWITCHYARD_TEST_WORKERS={n:?}: want a number of threads");
+            n
+        }
+        Err(_) => "2".to_string(),
+    }
+}
+
 pub fn free_addr() -> SocketAddr {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
@@ -92,7 +105,7 @@ impl Switchyard {
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(&args)
             .envs(env.iter().copied())
-            .args(["--http-addr", &http.to_string(), "--admin-addr", &admin.to_string(), "--workers", "2"])
+            .args(["--http-addr", &http.to_string(), "--admin-addr", &admin.to_string(), "--workers", &workers()])
             .args(default_flag(&args, "--drain-timeout", "10s"))
             .args(default_flag(&args, "--shutdown-delay", "0s"))
             .args(["--log", "info,switchyard_controller=debug"])
