@@ -8,6 +8,9 @@
 #                                               # (callgrind_annotate them)
 #   CLOSE=1 bash tests/bench/instructions.sh    # a new connection per request
 #                                               # (S2's pattern)
+#   SIM=1 bash tests/bench/instructions.sh      # also simulated cache misses
+#                                               # and branch mispredictions
+#                                               # (slower: about 5 minutes)
 #
 # Each proxy runs under callgrind in front of `switchyard echo` and serves
 # two h2load runs of keep-alive HTTP/1.1 requests (32 connections, GET
@@ -71,7 +74,7 @@ count() {
     port=$(free_port)
     out="$WORK/callgrind.$target.$n"
     if [ "$target" = switchyard ]; then
-        valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" standalone --manifests "$WORK/manifests" \
+        valgrind --tool=callgrind "${SIMFLAGS[@]}" --callgrind-out-file="$out" "$BIN" standalone --manifests "$WORK/manifests" \
             --http-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(free_port)" --workers 1 --log warn \
             >"$WORK/$target.log" 2>&1 &
     else
@@ -89,7 +92,7 @@ http {
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
 EOF
-        valgrind --tool=callgrind --callgrind-out-file="$out" nginx -c "$WORK/nginx.conf" -p "$WORK" \
+        valgrind --tool=callgrind "${SIMFLAGS[@]}" --callgrind-out-file="$out" nginx -c "$WORK/nginx.conf" -p "$WORK" \
             >"$WORK/$target.log" 2>&1 &
     fi
     pid=$!
@@ -109,12 +112,35 @@ EOF
     if [ "$target" = switchyard ]; then kill -INT "$pid"; else kill -QUIT "$pid"; fi
     wait "$pid" || true
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
-    awk '/^summary:/ {print $2}' "$out"
+    # The events line names the columns of the summary line.
+    awk '/^events:/ {for (i = 2; i <= NF; i++) name[i] = $i}
+         /^summary:/ {for (i = 2; i <= NF; i++) printf "%s=%s ", name[i], $i; print ""}' "$out"
 }
 
-printf '%-12s %14s\n' target 'Ir/request'
+# per_request A B EVENT: the event's count per request between the two runs.
+per_request() {
+    local a b
+    a=$(tr ' ' '\n' <<<"$1" | awk -F= -v e="$3" '$1 == e {print $2}')
+    b=$(tr ' ' '\n' <<<"$2" | awk -F= -v e="$3" '$1 == e {print $2}')
+    echo $(((b - a) / (N2 - N1)))
+}
+
+SIMFLAGS=()
+EVENTS=(Ir)
+if [ -n "${SIM:-}" ]; then
+    # D1mr/D1mw: first-level data cache read/write misses; DLmr/DLmw:
+    # last-level ones; Bcm/Bim: mispredicted conditional/indirect branches
+    # (valgrind's simulated caches and predictor, not this CPU's).
+    SIMFLAGS=(--cache-sim=yes --branch-sim=yes)
+    EVENTS=(Ir I1mr D1mr D1mw DLmr DLmw Bcm Bim)
+fi
+printf '%-12s' target
+for e in "${EVENTS[@]}"; do printf ' %10s' "$e/req"; done
+echo
 for target in ${TARGETS:-switchyard nginx}; do
     a=$(count "$target" "$N1")
     b=$(count "$target" "$N2")
-    printf '%-12s %14d\n' "$target" $(((b - a) / (N2 - N1)))
+    printf '%-12s' "$target"
+    for e in "${EVENTS[@]}"; do printf ' %10d' "$(per_request "$a" "$b" "$e")"; done
+    echo
 done
