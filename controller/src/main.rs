@@ -88,8 +88,18 @@ fn main() -> ExitCode {
                     .into_iter()
                     .map(|l| tokio::spawn(demo::echo::serve_with_delay(l, name.clone(), delay)))
                     .collect();
-                for task in serving {
-                    let _ = task.await;
+                // SIGTERM or SIGINT ends it the usual way (exit handlers
+                // run: an instrumented build writes its profile then).
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                let serve = async {
+                    for task in serving {
+                        let _ = task.await;
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
                 }
                 Ok(())
             }
