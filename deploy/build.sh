@@ -46,6 +46,6 @@ xz -dc "$profile" >target/pgo/switchyard.profdata
 echo "deploy/build.sh: release build with the profile of $(sed -n 's/^commit=//p' "$about") (PGO)" >&2
 # Functions changed since the profile was taken are built without it;
 # LLVM's warning for each would only be noise.
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$ROOT/target/pgo/switchyard.profdata -Cllvm-args=-pgo-warn-mismatch=false" \
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$ROOT/target/pgo/switchyard.profdata -Cllvm-args=-no-pgo-warn-mismatch" \
     cargo build --release --locked --bin switchyard --target-dir target/pgo -q
 echo "$ROOT/target/pgo/release/switchyard"

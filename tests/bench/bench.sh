@@ -7,7 +7,8 @@
 #   ROUNDS=1 DURATION=2s bash tests/bench/bench.sh    # smoke run (a few minutes)
 #
 # Installs nginx, HAProxy, wrk and h2load from Debian when missing, builds
-# the release binary once, then runs tests/bench/suite.py: proxies pinned
+# the release binary once (deploy/build.sh: as shipped, with the profile in
+# deploy/pgo; PGO=0 for a plain build), then runs tests/bench/suite.py: proxies pinned
 # on core 0, load generators and the echo backend on core 1, traffic on
 # loopback, plus (S8 through the API server, root) a veth pair into a
 # network namespace the suite creates and deletes. Prints a table and writes tests/bench/results/latest.json
@@ -25,6 +26,7 @@ command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
+command -v xz >/dev/null || need+=(xz-utils)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "installing ${need[*]} (Debian)" >&2
     SUDO=()
@@ -41,13 +43,21 @@ if [ "${#need[@]}" -gt 0 ]; then
     if [ "$placed" = 1 ]; then "${SUDO[@]}" rm -f "$policy"; fi
 fi
 
-(cd "$ROOT" && cargo build --release --locked --bin switchyard -q)
+# The release build as shipped: with the profile in deploy/pgo (PGO=0: a
+# plain release build).
+BINARY=$(bash "$ROOT/deploy/build.sh")
+if [[ $BINARY == */target/pgo/* ]]; then
+    SWITCHYARD_BUILD="release, profile-guided ($(sed -n 's/^commit=//p' "$ROOT/deploy/pgo/PROFILE")'s profile)"
+else
+    SWITCHYARD_BUILD="release, no profile"
+fi
+export SWITCHYARD_BUILD
 
 # Room for 10,000 idle connections through each proxy (and their clients).
 # HAProxy reserves two descriptors per connection; root may raise the limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-PYTHONDONTWRITEBYTECODE=1 python3 "$ROOT/tests/bench/suite.py" --binary "$ROOT/target/release/switchyard" &
+PYTHONDONTWRITEBYTECODE=1 python3 "$ROOT/tests/bench/suite.py" --binary "$BINARY" &
 SUITE=$!
 trap 'kill "$SUITE" 2>/dev/null; wait "$SUITE" 2>/dev/null' INT TERM
 wait "$SUITE"

@@ -21,13 +21,19 @@
 # Needs valgrind, h2load and nginx (Debian: valgrind, nghttp2-client, nginx).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BIN=${1:-$ROOT/target/release/switchyard}
+# Default: the build the suite runs (deploy/build.sh), else the plain one.
+BIN=${1:-}
+if [ -z "$BIN" ]; then
+    BIN=$ROOT/target/pgo/release/switchyard
+    [ -x "$BIN" ] || BIN=$ROOT/target/release/switchyard
+fi
+echo "instructions.sh: $BIN" >&2
 N1=${N1:-2000}
 N2=${N2:-12000}
 for tool in valgrind h2load nginx curl python3; do
     command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is required" >&2; exit 2; }
 done
-[ -x "$BIN" ] || { echo "instructions.sh: $BIN is not executable (cargo build --release first)" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "instructions.sh: $BIN is not executable (bash deploy/build.sh first)" >&2; exit 2; }
 
 WORK=$(mktemp -d /tmp/switchyard-instructions.XXXXXX)
 PIDS=()

@@ -209,6 +209,8 @@ def build(args, suite):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.machine()}",
         "commit": _git("rev-parse", "--short", "HEAD") + (" (dirty)" if _git("status", "--porcelain") else ""),
+        # Set by bench.sh: which build of switchyard ran (deploy/build.sh).
+        "build": os.environ.get("SWITCHYARD_BUILD", "not said (suite.py run directly)"),
         "rounds": args.rounds,
         "duration_s": args.duration,
         "connections": args.connections,
@@ -243,7 +245,8 @@ def _fmt(x, spec):
 
 
 def print_all(res):
-    print(f"\nSwitchyard benchmark  {res['date']}  {res['machine']}  commit {res['commit']}")
+    print(f"\nSwitchyard benchmark  {res['date']}  {res['machine']}  commit {res['commit']}"
+          f"  build: {res.get('build', 'not recorded')}")
     print(f"{res['rounds']} round(s) x {res['duration_s']} s, {res['connections']} connections; medians over rounds; "
           "ratios: switchyard / best of nginx and HAProxy")
     for scenario, desc in res["scenarios"].items():
@@ -290,7 +293,8 @@ def print_all(res):
 
 def markdown(res):
     """The results as Markdown tables, for docs/performance.md."""
-    lines = [f"Run of {res['date'][:10]} on {res['machine']} (a 2-core VM), commit {res['commit']}; "
+    lines = [f"Run of {res['date'][:10]} on {res['machine']} (a 2-core VM), commit {res['commit']} "
+             f"({res.get('build', 'build not recorded')}); "
              f"{res['rounds']} rounds x {res['duration_s']} s, {res['connections']} connections, medians over rounds. "
              "Ratio: switchyard / best of nginx and HAProxy.", "",
              "| scenario | target | req/s | p50 ms | p99 ms | CPU µs/req | RSS MB | errors |",
