@@ -42,7 +42,14 @@ fi
 # A target directory of its own: other flags would otherwise rebuild
 # target/release from scratch each time one switches between the two.
 mkdir -p target/pgo
-xz -dc "$profile" >target/pgo/switchyard.profdata
+# Rewritten only when it changed: cargo rebuilds every crate when the
+# profile file is newer than its last build.
+xz -dc "$profile" >target/pgo/switchyard.profdata.new
+if cmp -s target/pgo/switchyard.profdata.new target/pgo/switchyard.profdata; then
+    rm target/pgo/switchyard.profdata.new
+else
+    mv target/pgo/switchyard.profdata.new target/pgo/switchyard.profdata
+fi
 echo "deploy/build.sh: release build with the profile of $(sed -n 's/^commit=//p' "$about") (PGO)" >&2
 # Functions changed since the profile was taken are built without it;
 # LLVM's warning for each would only be noise.
