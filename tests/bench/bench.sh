@@ -27,21 +27,9 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
 command -v xz >/dev/null || need+=(xz-utils)
-if [ "${#need[@]}" -gt 0 ]; then
-    echo "installing ${need[*]} (Debian)" >&2
-    SUDO=()
-    [ "$(id -u)" = 0 ] || SUDO=(sudo)
-    "${SUDO[@]}" apt-get update -qq
-    # Do not let the packages start their system services (nginx on :80):
-    # a policy-rc.d that refuses every start, only for this install.
-    policy=/usr/sbin/policy-rc.d
-    placed=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null && "${SUDO[@]}" chmod +x "$policy" && placed=1
-    fi
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "${need[@]}" >/dev/null
-    if [ "$placed" = 1 ]; then "${SUDO[@]}" rm -f "$policy"; fi
-fi
+# shellcheck source=install.sh
+. "$ROOT/tests/bench/install.sh"
+install_missing ${need[@]+"${need[@]}"}
 
 # The release build as shipped: with the profile in deploy/pgo (PGO=0: a
 # plain release build).

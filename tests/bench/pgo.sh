@@ -22,13 +22,9 @@ command -v "llvm-profdata-$llvm" >/dev/null || need+=("llvm-$llvm")
 command -v wrk >/dev/null || need+=(wrk)
 command -v openssl >/dev/null || need+=(openssl)
 command -v xz >/dev/null || need+=(xz-utils)
-if [ "${#need[@]}" -gt 0 ]; then
-    echo "pgo.sh: installing ${need[*]} (Debian)" >&2
-    SUDO=()
-    [ "$(id -u)" = 0 ] || SUDO=(sudo)
-    "${SUDO[@]}" apt-get update -qq
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=install.sh
+. "$ROOT/tests/bench/install.sh"
+install_missing ${need[@]+"${need[@]}"}
 
 raw=$ROOT/target/pgo-gen/profiles
 rm -rf "$raw"
