@@ -38,8 +38,8 @@ fn main() -> ExitCode {
     // dataplane's runtime serves requests only. With one worker it is a
     // current-thread runtime on a thread of its own: the same single
     // serving thread, without the multi-thread scheduler's work-stealing
-    // bookkeeping and cross-thread wake-ups (about 6% less CPU per new
-    // connection, measured in docs/performance.md).
+    // bookkeeping and cross-thread wake-ups (S2 measured in
+    // docs/performance.md, History).
     let single = serving && workers == 1;
     let runtime = if single {
         tokio::runtime::Builder::new_current_thread()

@@ -23,7 +23,6 @@ pub mod netns;
 pub mod raw;
 pub mod tls;
 
-/// A free loopback port (bound then released).
 /// The `--workers` the tests give switchyard: 2 (a multi-thread runtime),
 /// or `SWITCHYARD_TEST_WORKERS` (tests/run.sh runs the end-to-end tests a
 /// second time with 1, the current-thread runtime).
@@ -37,6 +36,7 @@ pub fn workers() -> String {
     }
 }
 
+/// A free loopback port (bound then released).
 pub fn free_addr() -> SocketAddr {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
