@@ -29,6 +29,8 @@ const HUGE: usize = 8 << 20;
 /// `/cut` says this length and sends half of it before closing.
 const CUT: usize = 100_000;
 const SPLICED: &str = "switchyard_spliced_body_bytes_total";
+/// How long the backend takes to answer `/slow`.
+const SLOW: Duration = Duration::from_millis(300);
 
 /// A backend that answers each request by its target (see `answer`),
 /// counting connections and keeping every request head it read.
@@ -92,6 +94,9 @@ impl Scripted {
                         self.cancelled.fetch_add(1, Ordering::SeqCst);
                     }
                     return;
+                }
+                if head.starts_with("GET /slow ") {
+                    tokio::time::sleep(SLOW).await;
                 }
                 let (answer, close) = answer(&head);
                 if stream.write_all(&answer).await.is_err() {
@@ -310,6 +315,63 @@ async fn every_response_framing_passes_intact() {
     assert!(whole.to_ascii_lowercase().contains("connection: close\r\n"), "{whole:?}");
     assert!(whole.ends_with("\r\n\r\nstreamed to the close"), "{whole:?}");
     assert!(fast_count(&proxy).await - before >= 9.0, "all on the fast path");
+}
+
+/// A connection's last response (the client asked to close) ends with the
+/// close on every path that writes it (see `write_closing`): whole, for
+/// each framing and for a local answer, with splicing on and off; and
+/// whole to a client that sent more after asking to close. Closing a
+/// socket with unread input resets the connection and discards what it
+/// has not sent yet, so the response must have left before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_responses_leave_whole_with_the_close() {
+    let backend = Scripted::start().await;
+    let close = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+    for splice in ["true", "false"] {
+        let proxy = start(&backend, &["--splice-bodies", splice]).await;
+        let before = fast_count(&proxy).await;
+
+        let small = read_to_close(proxy.http, close("/small").as_bytes()).await;
+        assert!(small.starts_with("HTTP/1.1 200 OK\r\n") && small.ends_with("\r\n\r\nGET /small"), "{small:?}");
+        assert!(small.to_ascii_lowercase().contains("connection: close\r\n"), "{small:?}");
+
+        let chunked = read_to_close(proxy.http, close("/chunked").as_bytes()).await;
+        assert!(chunked.ends_with("\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "{chunked:?}");
+
+        for target in ["/big", "/huge"] {
+            let whole = read_to_close(proxy.http, close(target).as_bytes()).await;
+            let (head, body) = whole.split_once("\r\n\r\n").expect("a head");
+            let len = if target == "/big" { BIG } else { HUGE };
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{target} (splice {splice}): {head}");
+            assert_eq!(body.len(), len, "{target} (splice {splice}): the whole body");
+            assert!(body.bytes().enumerate().all(|(i, b)| b == b'a' + (i % 26) as u8), "{target}: intact");
+        }
+
+        // A local answer: the backend's garbage makes a 502.
+        let bad = read_to_close(proxy.http, close("/garbage").as_bytes()).await;
+        assert!(bad.starts_with("HTTP/1.1 502 ") && bad.ends_with('\n'), "{bad:?}");
+        assert!(bad.to_ascii_lowercase().contains("connection: close\r\n"), "{bad:?}");
+
+        // More bytes after the close request, sent while the backend takes
+        // its time: they are never read, and the response still arrives.
+        let mut stream = TcpStream::connect(proxy.http).await.unwrap();
+        stream.write_all(close("/slow").as_bytes()).await.unwrap();
+        tokio::time::sleep(SLOW / 3).await;
+        stream.write_all(&get_bytes("/unread")).await.unwrap();
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => all.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("the connection was not closed after the response"),
+            }
+        }
+        let all = String::from_utf8_lossy(&all);
+        assert!(all.starts_with("HTTP/1.1 200 OK\r\n") && all.ends_with("\r\n\r\nGET /slow"), "{all:?}");
+        assert!(!backend.heads.lock().unwrap().iter().any(|h| h.starts_with("GET /unread")), "read after close");
+        assert_eq!(fast_count(&proxy).await - before, 6.0, "all on the fast path (splice {splice})");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,9 @@
 //! socket ([`RawPool`]); the response head is rewritten the same way and
 //! its body copied through, framed by its length, chunked coding
 //! (re-encoded) or the upstream's close. A long body with a length goes
-//! to a cleartext client without being copied (`super::splice`).
+//! to a cleartext client without being copied (`super::splice`). The
+//! last response of a connection that closes leaves with the FIN, in one
+//! segment (`write_closing`).
 //!
 //! What the fast path takes, it answers as hyper's path would: the same
 //! routing, balancing, retries, passive health, in-flight counts, timeouts,
@@ -41,7 +43,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rustix::net::{SendFlags, Shutdown};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::access_log::{self, RequestLine};
@@ -254,7 +257,7 @@ impl Proxy {
         log.status(head.status);
         let spliced = self.config.splice_bodies.then_some(&self.metrics.spliced_body_bytes);
         let mut sent = 0;
-        let copied = copy_body(upstream, head, &mut buf, &mut out, client, spliced, &mut sent).await;
+        let copied = copy_body(upstream, head, &mut buf, &mut out, client, spliced, &mut sent, close).await;
         log.body_bytes(sent);
         drop(guard);
         match copied {
@@ -380,7 +383,10 @@ enum Copied {
 /// comes. With `spliced` (the count of bytes moved so), the rest of a long
 /// body with a length goes from socket to socket inside the kernel when
 /// the client's connection is cleartext (see `super::splice`). `sent`
-/// counts the body bytes handed to the client (framing excluded).
+/// counts the body bytes handed to the client (framing excluded). With
+/// `close`, the connection closes after the response: its last bytes are
+/// written with [`write_closing`] when the body's end is known.
+#[allow(clippy::too_many_arguments)]
 async fn copy_body<IO>(
     mut upstream: TcpStream,
     head: ResponseHead,
@@ -389,6 +395,7 @@ async fn copy_body<IO>(
     client: &mut IO,
     spliced: Option<&prometheus::IntCounter>,
     sent: &mut u64,
+    close: bool,
 ) -> Copied
 where
     IO: ClientIo,
@@ -401,7 +408,12 @@ where
             out.extend_from_slice(&first[..take]);
             // More than the length said: the connection is out of step.
             reusable &= take == first.len();
-            if client.write_all(out).await.is_err() {
+            let written = if close && take as u64 == len {
+                write_closing(client, out).await
+            } else {
+                client.write_all(out).await
+            };
+            if written.is_err() {
                 return Copied::ClientGone;
             }
             *sent = take as u64;
@@ -428,7 +440,12 @@ where
                 }
                 let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                 reusable &= take == buf.len();
-                if client.write_all(&buf[..take]).await.is_err() {
+                let written = if close && take as u64 == left {
+                    write_closing(client, &buf[..take]).await
+                } else {
+                    client.write_all(&buf[..take]).await
+                };
+                if written.is_err() {
                     return Copied::ClientGone;
                 }
                 *sent += take as u64;
@@ -442,7 +459,12 @@ where
                 Err(_) => return Copied::UpstreamFailed,
             };
             loop {
-                if client.write_all(out).await.is_err() {
+                let written = if close && chunked.is_done() {
+                    write_closing(client, out).await
+                } else {
+                    client.write_all(out).await
+                };
+                if written.is_err() {
                     return Copied::ClientGone;
                 }
                 *sent = chunked.data_bytes();
@@ -501,7 +523,7 @@ struct LocalAnswer<'a> {
 }
 
 impl LocalAnswer<'_> {
-    async fn write<IO: AsyncWrite + Unpin>(self, client: &mut IO, log: &mut access_log::Entry) -> After {
+    async fn write<IO: ClientIo>(self, client: &mut IO, log: &mut access_log::Entry) -> After {
         let Self { status, detail, head_request, close, add } = self;
         let reason = status.canonical_reason().unwrap_or("");
         let body = format!("{} {reason}: {detail}\n", status.as_u16());
@@ -527,7 +549,8 @@ impl LocalAnswer<'_> {
             answer.extend_from_slice(body.as_bytes());
         }
         log.status(status.as_u16());
-        if client.write_all(&answer).await.is_err() {
+        let written = if close { write_closing(client, &answer).await } else { client.write_all(&answer).await };
+        if written.is_err() {
             return After::Close;
         }
         if !head_request {
@@ -554,6 +577,29 @@ pub(crate) trait ClientIo: AsyncWrite + Unpin {
     /// Notes activity on the connection that did not go through its
     /// writer (a spliced body), for its idle timer.
     fn touch(&mut self);
+}
+
+/// Writes the last bytes of a connection that closes after them. On a
+/// cleartext socket they are queued with `MSG_MORE` and then
+/// `shutdown(SHUT_WR)` sends them with the FIN in one segment, where a
+/// plain write and the close send two, and the client acknowledges two
+/// (S2 in `docs/performance.md`: a connection per request). The
+/// shutdown, rather than leaving the FIN to the close, sends them even if
+/// the client sent bytes that will never be read: closing a socket with
+/// unread input resets the connection and discards what is still queued.
+async fn write_closing<IO: ClientIo>(client: &mut IO, bytes: &[u8]) -> std::io::Result<()> {
+    let Some(tcp) = client.plain_tcp() else { return client.write_all(bytes).await };
+    let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+    let mut written = 0;
+    while written < bytes.len() {
+        let rest = &bytes[written..];
+        written += tcp.async_io(Interest::WRITABLE, || Ok(rustix::net::send(tcp, rest, flags)?)).await?;
+    }
+    // Should it fail (the client reset the connection already), the close
+    // that follows ends the connection all the same.
+    let _ = rustix::net::shutdown(tcp, Shutdown::Write);
+    client.touch();
+    Ok(())
 }
 
 /// Resolves when the client has gone (see [`ClientIo::poll_gone`]).
