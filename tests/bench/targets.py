@@ -7,7 +7,9 @@ Fairness: nginx keeps upstream connections alive (`keepalive`,
 asks for an upgrade) and does not close client connections after 1000
 requests; HAProxy reuses server connections across clients
 (`http-reuse always`). All terminate TLS 1.3 only, with the same ECDSA
-P-256 certificate, and speak HTTP/1.1 to the backend.
+P-256 certificate, and speak HTTP/1.1 to the backend. None of them lets a
+client resume a TLS session (no tickets, no session cache): wrk resumes
+whenever the server lets it, and S4 measures full handshakes.
 """
 
 import base64
@@ -131,7 +133,8 @@ def start_switchyard(binary, work, backend_port, name="switchyard", routes=1, ce
     https_port = None
     if tls:
         https_port = procs.free_port()
-        argv += ["--https-addr", f"127.0.0.1:{https_port}", "--tls-min-version", "1.3", "--hsts", ""]
+        argv += ["--https-addr", f"127.0.0.1:{https_port}", "--tls-min-version", "1.3", "--hsts", "",
+                 "--tls-session-cache", "0"]
     proc = procs.start(argv, os.path.join(work, f"{name}.log"), PROXY_CORE)
     target = Target(name, http_port, https_port, proc)
     target.manifests = directory
@@ -173,6 +176,8 @@ http {{
         ssl_certificate {crt};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.3;
+        ssl_session_tickets off;
+        ssl_session_cache off;
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -204,6 +209,7 @@ HAPROXY_CONF = """global
     nbthread 1
     maxconn {maxconn}
     log stdout format raw local0 emerg
+    tune.ssl.cachesize 0
 defaults
     mode http
     maxconn {maxconn}
@@ -216,7 +222,7 @@ defaults
     http-reuse always
 frontend bench
     bind 127.0.0.1:{http}
-    bind 127.0.0.1:{https} ssl crt {pem} ssl-min-ver TLSv1.3 alpn http/1.1
+    bind 127.0.0.1:{https} ssl crt {pem} ssl-min-ver TLSv1.3 alpn http/1.1 no-tls-tickets
     default_backend echo
 backend echo
     server echo 127.0.0.1:{backend}

@@ -137,6 +137,7 @@ async fn chart_lints_renders_the_checked_in_manifest_and_its_schema_rejects_bad_
     assert_eq!(service_ports, [80, 443]);
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert!(args.contains(&"--publish-service=switchyard/switchyard"), "{args:?}");
+    assert!(args.contains(&"--tls-session-cache=10000"), "{args:?}");
     // The chart's crds/ holds the generated CRD byte for byte.
     assert_eq!(
         std::fs::read_to_string(Path::new(CHART).join("crds/balancerpolicies.switchyard.dev.yaml")).unwrap(),
@@ -154,6 +155,7 @@ async fn chart_lints_renders_the_checked_in_manifest_and_its_schema_rejects_bad_
         ("podAntiAffinity=always", "/podAntiAffinity"),
         ("controller.logFormat=xml", "/controller/logFormat"),
         ("controller.tlsMinVersion=1.1", "/controller/tlsMinVersion"),
+        ("controller.tlsSessionCache=-1", "/controller/tlsSessionCache"),
         ("controller.defaultSSLCertificate=no-slash", "/controller/defaultSSLCertificate"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
         ("tcpServices.99999=db/pg:5432", "99999"),

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::tls::{Ca, ClientOptions, Leaf, connect, served_cert, tls_secret};
+use rustls::HandshakeKind;
+use support::tls::{Ca, Client, ClientOptions, Leaf, connect, served_cert, tls_secret};
 use support::*;
 
 const NS: &str = "tls";
@@ -263,6 +264,40 @@ async fn tls_min_version_is_enforced() {
     assert!(connect(h.addr, tls13).await.is_ok());
     let failed = metric(h.proxy.admin, r#"switchyard_tls_handshakes_total{result="error",sni="a.test"}"#).await;
     assert_eq!(failed, Some(1.0), "the refused handshake is counted");
+}
+
+/// The kind of handshake each of three connections of one client got
+/// (each connection serves one request, so TLS 1.3 tickets are read).
+async fn handshake_kinds(addr: SocketAddr, version: &'static rustls::SupportedProtocolVersion) -> Vec<HandshakeKind> {
+    let client = Client::new(addr, ClientOptions { sni: Some("a.test"), only: Some(version), ..Default::default() });
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let tls = client.connect().await.expect("TLS handshake");
+        kinds.push(tls.get_ref().1.handshake_kind().expect("handshake done"));
+        let (status, _, body) = get_over(tls, "a.test", "/").await;
+        assert_eq!((status, body.contains(r#""backend":"web-1""#)), (StatusCode::OK, true), "{body}");
+    }
+    kinds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_clients_resume_their_session_unless_the_cache_is_off() {
+    use HandshakeKind::{Full, Resumed};
+    let files = web_and_a_test().await;
+
+    let h = start(&files, &[]).await;
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        assert_eq!(handshake_kinds(h.addr, v).await, [Full, Resumed, Resumed], "{v:?}, default cache");
+    }
+    // Every handshake, full or resumed, is counted.
+    let ok = metric(h.proxy.admin, r#"switchyard_tls_handshakes_total{result="ok",sni="a.test"}"#).await;
+    assert_eq!(ok, Some(6.0));
+    drop(h);
+
+    let h = start(&files, &["--tls-session-cache", "0"]).await;
+    for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        assert_eq!(handshake_kinds(h.addr, v).await, [Full, Full, Full], "{v:?}, --tls-session-cache 0");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,35 @@ impl Default for ClientOptions<'_> {
 /// Connects and completes a handshake.
 pub async fn connect(addr: SocketAddr, options: ClientOptions<'_>) -> std::io::Result<TlsStream<TcpStream>> {
     let (config, name) = client_config(addr, options);
+    connect_with(addr, config, name).await
+}
+
+/// A client that connects to `addr` again and again with one
+/// configuration, and so one session store: it resumes its sessions when
+/// the server lets it.
+pub struct Client {
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, options: ClientOptions<'_>) -> Self {
+        let (config, name) = client_config(addr, options);
+        Self { addr, config, name }
+    }
+
+    /// Connects and completes a handshake.
+    pub async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
+        connect_with(self.addr, self.config.clone(), self.name.clone()).await
+    }
+}
+
+async fn connect_with(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     TlsConnector::from(config).connect(name, tcp).await
 }

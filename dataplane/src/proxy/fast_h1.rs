@@ -385,7 +385,7 @@ enum Copied {
 /// the client's connection is cleartext (see `super::splice`). `sent`
 /// counts the body bytes handed to the client (framing excluded). With
 /// `close`, the connection closes after the response: its last bytes are
-/// written with [`write_closing`] when the body's end is known.
+/// written with [`write_closing`] when the body's end is known (`write_out`).
 #[allow(clippy::too_many_arguments)]
 async fn copy_body<IO>(
     mut upstream: TcpStream,
@@ -408,12 +408,7 @@ where
             out.extend_from_slice(&first[..take]);
             // More than the length said: the connection is out of step.
             reusable &= take == first.len();
-            let written = if close && take as u64 == len {
-                write_closing(client, out).await
-            } else {
-                client.write_all(out).await
-            };
-            if written.is_err() {
+            if write_out(client, out, close && take as u64 == len).await.is_err() {
                 return Copied::ClientGone;
             }
             *sent = take as u64;
@@ -440,12 +435,7 @@ where
                 }
                 let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                 reusable &= take == buf.len();
-                let written = if close && take as u64 == left {
-                    write_closing(client, &buf[..take]).await
-                } else {
-                    client.write_all(&buf[..take]).await
-                };
-                if written.is_err() {
+                if write_out(client, &buf[..take], close && take as u64 == left).await.is_err() {
                     return Copied::ClientGone;
                 }
                 *sent += take as u64;
@@ -459,12 +449,7 @@ where
                 Err(_) => return Copied::UpstreamFailed,
             };
             loop {
-                let written = if close && chunked.is_done() {
-                    write_closing(client, out).await
-                } else {
-                    client.write_all(out).await
-                };
-                if written.is_err() {
+                if write_out(client, out, close && chunked.is_done()).await.is_err() {
                     return Copied::ClientGone;
                 }
                 *sent = chunked.data_bytes();
@@ -549,8 +534,7 @@ impl LocalAnswer<'_> {
             answer.extend_from_slice(body.as_bytes());
         }
         log.status(status.as_u16());
-        let written = if close { write_closing(client, &answer).await } else { client.write_all(&answer).await };
-        if written.is_err() {
+        if write_out(client, &answer, close).await.is_err() {
             return After::Close;
         }
         if !head_request {
@@ -577,6 +561,12 @@ pub(crate) trait ClientIo: AsyncWrite + Unpin {
     /// Notes activity on the connection that did not go through its
     /// writer (a spliced body), for its idle timer.
     fn touch(&mut self);
+}
+
+/// Writes `bytes` to the client; with `last`, they are the last of a
+/// connection that closes after them (see [`write_closing`]).
+async fn write_out<IO: ClientIo>(client: &mut IO, bytes: &[u8], last: bool) -> std::io::Result<()> {
+    if last { write_closing(client, bytes).await } else { client.write_all(bytes).await }
 }
 
 /// Writes the last bytes of a connection that closes after them. On a
