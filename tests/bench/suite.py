@@ -227,7 +227,7 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--binary", required=True)
     p.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "3")))
-    p.add_argument("--duration", default=os.environ.get("DURATION", "6s"))
+    p.add_argument("--duration", default=os.environ.get("DURATION", "5s"))
     p.add_argument("--connections", type=int, default=int(os.environ.get("CONNECTIONS", "32")))
     p.add_argument("--out", default=os.environ.get("BENCH_OUT", ""))
     a = p.parse_args()
