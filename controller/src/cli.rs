@@ -125,12 +125,13 @@ pub struct DataplaneArgs {
     #[arg(long, default_value = "1.2")]
     pub tls_min_version: switchyard_dataplane::tls::MinVersion,
     /// TLS sessions remembered for resumption, which spares a returning
-    /// client the certificate and its signature (TLS 1.3 tickets: two per
-    /// full handshake, each usable once; TLS 1.2 session IDs). The oldest
-    /// are forgotten first; a few hundred bytes each. 0: no resumption, every
-    /// handshake is a full one.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    pub tls_session_cache: usize,
+    /// client the certificate and its signature: TLS 1.3 tickets (two per
+    /// handshake, each usable once) and TLS 1.2 session IDs, for 10 minutes
+    /// each, the oldest forgotten first when full; a few hundred bytes
+    /// each. 0: no resumption, every handshake is a full one.
+    #[arg(long, default_value_t = 10_000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(..=1_000_000))]
+    pub tls_session_cache: u32,
     /// `Strict-Transport-Security` value on HTTPS responses for hosts with
     /// TLS; empty: no header.
     #[arg(long, default_value = "max-age=31536000; includeSubDomains")]

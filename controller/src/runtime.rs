@@ -164,7 +164,7 @@ impl Dataplane {
                 config: tls::server_config(
                     Arc::new(tls::SniResolver::new(self.snapshots.clone(), tls::self_signed("switchyard-default"))),
                     self.args.tls_min_version,
-                    self.args.tls_session_cache,
+                    self.args.tls_session_cache as usize,
                 ),
                 snapshots: self.snapshots.clone(),
                 handshake_timeout: self.args.header_read_timeout,

@@ -11,6 +11,7 @@ use std::collections::hash_map::Entry;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use rustls::crypto::CryptoProvider;
@@ -302,10 +303,10 @@ impl std::str::FromStr for MinVersion {
 
 /// The HTTPS listener's rustls configuration: certificates from `resolver`,
 /// TLS `min`..1.3, ALPN `h2` then `http/1.1`, and up to `sessions`
-/// sessions remembered for resumption (TLS 1.3 tickets, two per full
-/// handshake, each good once; TLS 1.2 session IDs), the oldest forgotten
-/// first. With 0, no ticket or session ID is issued: every handshake is a
-/// full one.
+/// sessions remembered for resumption for [`SESSION_LIFETIME`] (TLS 1.3
+/// tickets, two per handshake, each good once; TLS 1.2 session IDs), the
+/// oldest forgotten first. With 0, no ticket or session ID is issued:
+/// every handshake is a full one.
 pub fn server_config(resolver: Arc<SniResolver>, min: MinVersion, sessions: usize) -> Arc<ServerConfig> {
     static BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
     static TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -320,7 +321,7 @@ pub fn server_config(resolver: Arc<SniResolver>, min: MinVersion, sessions: usiz
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     match NonZeroUsize::new(sessions) {
-        Some(sessions) => config.session_storage = Arc::new(SessionCache::new(sessions)),
+        Some(sessions) => config.session_storage = Arc::new(SessionCache::new(sessions, SESSION_LIFETIME)),
         None => {
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
@@ -329,43 +330,75 @@ pub fn server_config(resolver: Arc<SniResolver>, min: MinVersion, sessions: usiz
     Arc::new(config)
 }
 
-/// The sessions the HTTPS listener remembers for resumption, the least
-/// recently used forgotten first. Every operation takes constant time:
-/// rustls's own memory cache finds a ticket being used by a linear search
-/// of its insertion order, which was 16% of a resumed handshake's CPU with
-/// 10,000 sessions remembered.
-struct SessionCache(Mutex<LruCache<Vec<u8>, Vec<u8>>>);
+/// How long a session can be resumed after it was issued (ingress-nginx's
+/// `ssl-session-timeout` default). rustls checks no age when it resumes
+/// from a store: the store must forget. Past it, a client makes a full
+/// handshake, with a new key exchange and the certificate in force.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// The sessions the HTTPS listener remembers for resumption, each for
+/// `lifetime`, the oldest forgotten first when full. Every operation takes
+/// constant time: rustls's own memory cache finds a ticket being redeemed
+/// by a linear search of its insertion order, which was 16% of a resumed
+/// handshake's CPU when it held 10,000 sessions.
+struct SessionCache {
+    lifetime: Duration,
+    sessions: Mutex<Sessions>,
+}
+
+/// Session ID or ticket → (when it was issued, the session).
+type Sessions = LruCache<Vec<u8>, (Instant, Vec<u8>)>;
 
 impl SessionCache {
-    fn new(sessions: NonZeroUsize) -> Self {
-        Self(Mutex::new(LruCache::new(sessions)))
+    fn new(capacity: NonZeroUsize, lifetime: Duration) -> Self {
+        Self { lifetime, sessions: Mutex::new(LruCache::new(capacity)) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, LruCache<Vec<u8>, Vec<u8>>> {
+    fn lock(&self) -> MutexGuard<'_, Sessions> {
         // A panic while the lock was held cannot leave the cache invalid.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fresh(&self, issued: Instant) -> bool {
+        issued.elapsed() < self.lifetime
     }
 }
 
 impl fmt::Debug for SessionCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cache = self.lock();
-        f.debug_struct("SessionCache").field("len", &cache.len()).field("cap", &cache.cap()).finish()
+        let sessions = self.lock();
+        f.debug_struct("SessionCache")
+            .field("len", &sessions.len())
+            .field("cap", &sessions.cap())
+            .field("lifetime", &self.lifetime)
+            .finish()
     }
 }
 
 impl StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.lock().put(key, value);
+        self.lock().put(key, (Instant::now(), value));
         true
     }
 
+    /// A TLS 1.2 session ID: used again and again, until it expires. A
+    /// lookup does not make it newer (`peek`): the oldest go first.
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.lock().get(key).cloned()
+        let mut sessions = self.lock();
+        match sessions.peek(key) {
+            Some((issued, value)) if self.fresh(*issued) => Some(value.clone()),
+            Some(_) => {
+                sessions.pop(key);
+                None
+            }
+            None => None,
+        }
     }
 
+    /// A TLS 1.3 ticket: good once.
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.lock().pop(key)
+        let (issued, value) = self.lock().pop(key)?;
+        self.fresh(issued).then_some(value)
     }
 
     fn can_cache(&self) -> bool {
@@ -427,19 +460,28 @@ mod tests {
     }
 
     #[test]
-    fn session_cache_takes_once_and_forgets_the_least_recently_used() {
-        let cache = SessionCache::new(NonZeroUsize::new(2).unwrap());
+    fn session_cache_takes_once_forgets_the_oldest_and_expires() {
+        let cache = SessionCache::new(NonZeroUsize::new(2).unwrap(), Duration::from_secs(3600));
         let (a, b, c) = (b"a".to_vec(), b"b".to_vec(), b"c".to_vec());
         assert!(cache.put(a.clone(), b"1".to_vec()) && cache.put(b.clone(), b"2".to_vec()));
         // A TLS 1.2 session ID may be used again; a TLS 1.3 ticket once.
         assert_eq!(cache.get(&a), Some(b"1".to_vec()));
+        assert_eq!(cache.get(&a), Some(b"1".to_vec()));
         assert_eq!(cache.take(&b), Some(b"2".to_vec()));
         assert_eq!(cache.take(&b), None);
-        // Full: the entry used least recently goes first.
+        // Full: the oldest goes first, however often it was used.
         cache.put(b.clone(), b"2".to_vec());
         cache.get(&a);
         cache.put(c.clone(), b"3".to_vec());
-        assert_eq!((cache.get(&a), cache.get(&b), cache.get(&c)), (Some(b"1".to_vec()), None, Some(b"3".to_vec())));
-        assert_eq!(format!("{cache:?}"), "SessionCache { len: 2, cap: 2 }");
+        assert_eq!((cache.get(&a), cache.get(&b), cache.get(&c)), (None, Some(b"2".to_vec()), Some(b"3".to_vec())));
+        assert_eq!(format!("{cache:?}"), "SessionCache { len: 2, cap: 2, lifetime: 3600s }");
+
+        // Past its lifetime, a session is neither resumed nor kept.
+        let cache = SessionCache::new(NonZeroUsize::new(2).unwrap(), Duration::from_millis(20));
+        cache.put(a.clone(), b"1".to_vec());
+        cache.put(b.clone(), b"2".to_vec());
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!((cache.get(&a), cache.take(&b)), (None, None));
+        assert_eq!(cache.lock().len(), 0);
     }
 }

@@ -8,8 +8,9 @@ asks for an upgrade) and does not close client connections after 1000
 requests; HAProxy reuses server connections across clients
 (`http-reuse always`). All terminate TLS 1.3 only, with the same ECDSA
 P-256 certificate, and speak HTTP/1.1 to the backend. None of them lets a
-client resume a TLS session (no tickets, no session cache): wrk resumes
-whenever the server lets it, and S4 measures full handshakes.
+client resume a TLS session (nginx and HAProxy still send TLS 1.3 tickets,
+which no server will take back): wrk resumes whenever the server lets it,
+and S4 measures full handshakes.
 """
 
 import base64

@@ -385,7 +385,7 @@ enum Copied {
 /// the client's connection is cleartext (see `super::splice`). `sent`
 /// counts the body bytes handed to the client (framing excluded). With
 /// `close`, the connection closes after the response: its last bytes are
-/// written with [`write_closing`] when the body's end is known (`write_out`).
+/// written with [`write_closing`] when the body's end is known ([`write_out`]).
 #[allow(clippy::too_many_arguments)]
 async fn copy_body<IO>(
     mut upstream: TcpStream,
