@@ -119,8 +119,7 @@ impl Default for ClientOptions<'_> {
 
 /// Connects and completes a handshake.
 pub async fn connect(addr: SocketAddr, options: ClientOptions<'_>) -> std::io::Result<TlsStream<TcpStream>> {
-    let (config, name) = client_config(addr, options);
-    connect_with(addr, config, name).await
+    Client::new(addr, options).connect().await
 }
 
 /// A client that connects to `addr` again and again with one
@@ -140,17 +139,9 @@ impl Client {
 
     /// Connects and completes a handshake.
     pub async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
-        connect_with(self.addr, self.config.clone(), self.name.clone()).await
+        let tcp = TcpStream::connect(self.addr).await?;
+        TlsConnector::from(self.config.clone()).connect(self.name.clone(), tcp).await
     }
-}
-
-async fn connect_with(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(config).connect(name, tcp).await
 }
 
 /// Sends `request` in the same TCP write as the client's last handshake
